@@ -1,0 +1,63 @@
+# The course in two commands:
+#   make lab    set up .venv (first time only) and open JupyterLab on the lessons
+#   make test   set up .venv and run every check: lint, unit tests, lesson notebooks, solutions
+# Without make (Windows, Colab) see "Without make" in README.md.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# JupyterLab serves the whole repository (lessons, exercises, solutions) and opens on the lessons.
+# tests/test_lab.py starts the server with these same flags.
+LAB_FLAGS := --ServerApp.root_dir=. --ServerApp.default_url=/lab/tree/notebooks
+
+# nbval settings from the course's notebook guide: one notebook per xdist worker (loadscope).
+NBVAL_FLAGS := --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+	--nbval-cell-timeout=120 -n 2 --dist loadscope -p no:randomly
+
+.PHONY: install lab test lint unit notebooks solutions check-env clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the requirements or the package metadata change.
+$(STAMP): $(BIN)/python requirements.txt pyproject.toml
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -r requirements.txt
+	$(BIN)/python -m pip install --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Jupyter refuses to run as root (containers, some cloud machines) unless told it may.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
+
+lab: install
+	$(BIN)/jupyter lab $(LAB_FLAGS) $(ROOT_FLAG) $(ARGS)
+
+check-env: install
+	$(BIN)/python -m attn_course.check_env
+
+test: lint unit notebooks solutions
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check attn_course tests
+
+unit: install
+	$(BIN)/pytest tests -n 2 -q
+
+# Strict nbval over the lessons; a folder without notebooks has nothing to check yet.
+notebooks: install
+	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
+		$(BIN)/pytest notebooks --nbval $(NBVAL_FLAGS); \
+	else echo "notebooks/: no lesson notebooks yet, nothing for nbval to check"; fi
+
+solutions: install
+	@if ls solutions/*.ipynb >/dev/null 2>&1; then \
+		$(BIN)/pytest solutions --nbval-lax $(NBVAL_FLAGS); \
+	else echo "solutions/: no solution notebooks yet, nothing for nbval to check"; fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
