@@ -42,7 +42,7 @@ def as_float_array(name: str, x):
     x = as_array(name, x)
     xp = get_namespace(x)
     if not xp.isdtype(x.dtype, "real floating"):
-        hint = " (convert it with x.astype(np.float32))" if xp.isdtype(x.dtype, "integral") else ""
+        hint = f" (convert it first, e.g. {name}.astype(np.float32))" if xp.isdtype(x.dtype, "integral") else ""
         raise TypeError(
             f"{name} must have a floating dtype (float16, float32 or float64); got {dtype_name(x.dtype)}{hint}"
         )

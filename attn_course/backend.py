@@ -26,6 +26,7 @@ __all__ = [
     "BACKEND_ENV_VAR",
     "BackendUnavailableError",
     "asarray",
+    "creation_namespace",
     "default_backend",
     "get_namespace",
     "gpu_available",
@@ -92,7 +93,7 @@ def gpu_status() -> tuple[bool, str]:
         return False, f"CuPy is installed but probing CUDA failed ({type(err).__name__}: {err})"
     if not usable:
         return False, (
-            f"CuPy {cupy.__version__} is installed but no usable CUDA GPU was found "
+            f"CuPy {cupy.__version__} is installed, yet no usable CUDA GPU was found "
             "(no NVIDIA driver or no device on this machine)"
         )
     try:
@@ -163,3 +164,21 @@ def asarray(x, backend: str | None = None):
     if array_api_compat.is_cupy_array(x):
         return x
     return cupy.asarray(to_numpy(x))
+
+
+def creation_namespace(like=None):
+    """``(xp, device)`` for making new arrays: NumPy by default, else the library (and device) of ``like``.
+
+    ``like`` is an array, ``"numpy"``, ``"cupy"`` or None; this is how the masks,
+    positional encodings and layers take ``like=``.
+    """
+    if like is None or (isinstance(like, str) and like.lower() == "numpy"):
+        return array_api_compat.array_namespace(np.empty(0)), "cpu"
+    if isinstance(like, str):
+        if like.lower() != "cupy":
+            raise ValueError(f"like must be an array, 'numpy', 'cupy' or None; got {like!r}")
+        cupy = _require_cupy("like='cupy'")
+        return array_api_compat.array_namespace(cupy.empty(0)), None
+    if not array_api_compat.is_array_api_obj(like):
+        raise TypeError(f"like must be an array, 'numpy', 'cupy' or None; got {type(like).__name__}")
+    return get_namespace(like), array_api_compat.device(like)

@@ -43,7 +43,7 @@ import array_api_compat
 import numpy as np
 
 from ._checks import as_array, check_bool, check_int, dtype_name, shape_of
-from .backend import get_namespace, to_numpy
+from .backend import creation_namespace, get_namespace, to_numpy
 
 __all__ = [
     "MaskPredicate",
@@ -289,7 +289,7 @@ def _lengths_array(lengths, like):
     if lengths.shape[0] and bool(xp.any(lengths < 0)):
         raise ValueError(f"lengths must be >= 0; got {lengths.tolist()}")
     if like is not None:
-        xp_out, device = _namespace_and_device(like)
+        xp_out, device = creation_namespace(like)
         lengths = xp_out.asarray(np.asarray(lengths.tolist(), dtype=np.int64), device=device)
     return lengths
 
@@ -315,22 +315,6 @@ def padding(lengths) -> MaskPredicate:
 # --------------------------------------------------------------------------- arrays
 
 
-def _namespace_and_device(like):
-    """The namespace and device for new arrays: NumPy by default, else those of ``like``."""
-    if like is None or (isinstance(like, str) and like.lower() == "numpy"):
-        return array_api_compat.array_namespace(np.empty(0)), "cpu"
-    if isinstance(like, str):
-        if like.lower() != "cupy":
-            raise ValueError(f"like must be an array, 'numpy', 'cupy' or None; got {like!r}")
-        from .backend import _require_cupy
-
-        cupy = _require_cupy("like='cupy'")
-        return array_api_compat.array_namespace(cupy.empty(0)), None
-    if not array_api_compat.is_array_api_obj(like):
-        raise TypeError(f"like must be an array, 'numpy', 'cupy' or None; got {type(like).__name__}")
-    return get_namespace(like), array_api_compat.device(like)
-
-
 def materialize(mask_fn, L: int, S: int | None = None, *, like=None):
     """Evaluate ``mask_fn(i, j)`` on every query ``i < L`` and key ``j < S``: a boolean ``(..., L, S)`` array.
 
@@ -341,7 +325,7 @@ def materialize(mask_fn, L: int, S: int | None = None, *, like=None):
         raise TypeError(f"mask_fn must be a predicate mask_fn(i, j), e.g. causal(); got {type(mask_fn).__name__}")
     L = check_int("L", L, minimum=1)
     S = L if S is None else check_int("S", S, minimum=1)
-    xp, device = _namespace_and_device(like)
+    xp, device = creation_namespace(like)
     i = xp.reshape(xp.arange(L, device=device), (L, 1))  # (L, 1)
     j = xp.reshape(xp.arange(S, device=device), (1, S))  # (1, S)
     allowed = mask_fn(i, j)
@@ -451,7 +435,7 @@ def block_layout(mask, block: int, L: int | None = None, S: int | None = None, *
             layout = _layout_from_offsets(mask.offset_rule, block, L, S)
         else:
             layout = _layout_by_tile_rows(mask, block, L, S)
-        xp, device = _namespace_and_device(like)
+        xp, device = creation_namespace(like)
         return xp.asarray(layout, device=device)
     mask = as_array("mask", mask)
     xp = get_namespace(mask)

@@ -175,6 +175,7 @@ def test_block_layout_of_random_and_batched_arrays(rng):
 def test_block_layout_of_a_predicate_never_builds_the_full_mask(predicate):
     n, block = 16_384, 64
     full_mask_bytes = n * n  # one byte per bool
+    masks.block_layout(predicate, block, 256, 256)  # warm up: first calls allocate caches of their own
     tracemalloc.start()
     try:
         layout = masks.block_layout(predicate, block, n, n)
@@ -182,7 +183,7 @@ def test_block_layout_of_a_predicate_never_builds_the_full_mask(predicate):
     finally:
         tracemalloc.stop()
     assert layout.shape == (n // block, n // block)
-    assert peak < full_mask_bytes / 20, (
+    assert peak < full_mask_bytes / 40, (
         f"peak {peak / 2**20:.1f} MiB: the (L, S) mask would be {full_mask_bytes / 2**20:.0f} MiB"
     )
 
