@@ -228,3 +228,33 @@ BAD = [
 def test_bad_input(function, args, kwargs, error, match):
     with pytest.raises(error, match=match):
         function(*args, **kwargs)
+
+
+ARRAY_FORMS = {
+    "causal_mask": {},
+    "sliding_window_mask": {"window": 1},
+    "dilated_window_mask": {"window": 1, "dilation": 2},
+    "strided_mask": {"stride": 2},
+    "fixed_mask": {"block": 2, "c": 1},
+    "global_mask": {"global_idx": [0]},
+    "longformer_mask": {"window": 1, "global_idx": [0]},
+    "bigbird_mask": {"block": 2, "num_window_blocks": 1, "num_global_blocks": 1, "num_random_blocks": 0},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ARRAY_FORMS))
+@pytest.mark.parametrize(
+    ("n", "like", "error", "match"),
+    [
+        (0, None, ValueError, "n must be >= 1; got 0"),
+        (-3, None, ValueError, "n must be >= 1; got -3"),
+        (2.5, None, TypeError, r"n must be an integer; got 2\.5"),
+        ("8", None, TypeError, "n must be an integer; got '8'"),
+        (True, None, TypeError, "n must be an integer; got True"),
+        (8, "jax", ValueError, "like must be an array, 'numpy', 'cupy' or None; got 'jax'"),
+        (8, [1, 2], TypeError, "like must be an array, 'numpy', 'cupy' or None; got list"),
+    ],
+)
+def test_every_array_form_refuses_bad_sizes_and_libraries(name, n, like, error, match):
+    with pytest.raises(error, match=match):
+        getattr(masks, name)(n, **ARRAY_FORMS[name], like=like)
