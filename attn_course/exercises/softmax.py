@@ -1,0 +1,254 @@
+"""Exercises of lesson 02, softmax, temperature and scaling: ``solutions/02_softmax_temperature_and_scaling.ipynb``.
+
+* ``softmax(x)``: the numerically stable softmax over the last axis;
+* ``softmax_with_temperature(x, temperature)``: ``softmax(x / T)``;
+* ``masked_softmax(x, mask)``: masked entries get weight 0, a row that keeps
+  nothing gets all zeros (never NaN).
+
+References are ``attn_course.softmax``; the mistakes below are the classic wrong
+versions, written plainly so that a failing answer can be told which one it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..softmax import softmax as reference_softmax
+from .core import Case, Exercise, Mistake, rows_sum_to_one, within_zero_and_one, zero_where_masked
+
+__all__ = ["EXERCISES"]
+
+LESSON = "02_softmax_temperature_and_scaling"
+
+
+def _scores(rng, shape, dtype=np.float32, spread=2.0, offsets=None):
+    """Standard-normal scores times ``spread``, plus one offset per row if given."""
+    x = rng.standard_normal(shape) * spread
+    if offsets is not None:
+        x = x + np.asarray(offsets, dtype=np.float64)[:, None]
+    return x.astype(dtype)
+
+
+def _keep_mask(rng, shape, keep=0.6, empty_rows=()):
+    """A boolean mask (True = keep) with at least one kept entry per row, except rows in ``empty_rows``."""
+    mask = rng.random(shape) < keep
+    rows = mask.reshape(-1, shape[-1])
+    rows[np.arange(rows.shape[0]), rng.integers(0, shape[-1], rows.shape[0])] = True
+    for row in empty_rows:
+        rows[row] = False
+    return rows.reshape(shape)
+
+
+# --------------------------------------------------------------------------- the wrong versions
+
+
+def _naive(x):
+    exps = np.exp(x)
+    return exps / exps.sum(axis=-1, keepdims=True)
+
+
+def _global_max(x):
+    exps = np.exp(x - x.max())
+    return exps / exps.sum(axis=-1, keepdims=True)
+
+
+def _whole_sum(x):
+    exps = np.exp(x - x.max(axis=-1, keepdims=True))
+    return exps / exps.sum()
+
+
+def _first_axis(x):
+    exps = np.exp(x - x.max(axis=0, keepdims=True))
+    return exps / exps.sum(axis=0, keepdims=True)
+
+
+NO_SHIFT = (
+    "exp() overflows for large scores (exp(1000) is inf, and inf / inf is NaN) and underflows for very "
+    "negative ones (0 / 0). Subtract each row's maximum before exp(): the result is mathematically the same."
+)
+
+SOFTMAX = Exercise(
+    name="softmax",
+    function="softmax",
+    params=("x",),
+    lesson=LESSON,
+    reference=lambda x: reference_softmax(x, axis=-1),
+    cases=(
+        Case("rows", "x: float32 (3, 5), ordinary scores", lambda rng: (_scores(rng, (3, 5)),), seed=20),
+        Case("batched", "x: float32 (2, 3, 5), a batch of score rows", lambda rng: (_scores(rng, (2, 3, 5)),), seed=21),
+        Case(
+            "large_scores",
+            "x: float32 (3, 5), rows around +1000, -1000 and 0",
+            lambda rng: (_scores(rng, (3, 5), spread=3.0, offsets=[1000.0, -1000.0, 0.0]),),
+            seed=22,
+            points=2.0,
+        ),
+        Case(
+            "float64_input",
+            "x: float64 (4, 6): the dtype must be kept",
+            lambda rng: (_scores(rng, (4, 6), dtype=np.float64),),
+            seed=23,
+        ),
+    ),
+    invariants=(within_zero_and_one(), rows_sum_to_one()),
+    mistakes=(
+        Mistake("no max shift", NO_SHIFT, _naive),
+        Mistake(
+            "maximum of the whole array",
+            "You subtracted the maximum of the whole array. A row far below it underflows to all zeros "
+            "(0 / 0 = NaN): subtract each row's own maximum, x.max(axis=-1, keepdims=True).",
+            _global_max,
+        ),
+        Mistake(
+            "sum of the whole array",
+            "Each row must be divided by its own sum, .sum(axis=-1, keepdims=True), not by the sum of everything.",
+            _whole_sum,
+        ),
+        Mistake(
+            "wrong axis",
+            "The softmax runs along the last axis (axis=-1): each row of scores becomes a row of weights.",
+            _first_axis,
+        ),
+    ),
+    hints={
+        "nonfinite": NO_SHIFT,
+        "raised": "Reductions need keepdims=True (or [..., None]) to broadcast back against x.",
+    },
+)
+
+
+# --------------------------------------------------------------------------- temperature
+
+
+def _temperature_case(shape, temperature, spread=2.0, offsets=None):
+    return lambda rng: (_scores(rng, shape, spread=spread, offsets=offsets), temperature)
+
+
+TEMPERATURE = Exercise(
+    name="softmax_with_temperature",
+    function="softmax_with_temperature",
+    params=("x", "temperature"),
+    lesson=LESSON,
+    reference=lambda x, temperature: reference_softmax(x / temperature, axis=-1),
+    cases=(
+        Case("sharpen", "x: float32 (3, 5), temperature 0.5", _temperature_case((3, 5), 0.5), seed=24),
+        Case("flatten", "x: float32 (2, 3, 5), temperature 2.0", _temperature_case((2, 3, 5), 2.0), seed=25),
+        Case(
+            "cold_and_large",
+            "x: float32 (3, 5) around 100, temperature 0.1 (scores / T near 1000)",
+            _temperature_case((3, 5), 0.1, offsets=[100.0, 90.0, -100.0]),
+            seed=26,
+        ),
+    ),
+    invariants=(within_zero_and_one(), rows_sum_to_one()),
+    mistakes=(
+        Mistake(
+            "multiplied by the temperature",
+            "Divide the scores by the temperature, do not multiply: T > 1 must flatten the weights, "
+            "T < 1 sharpen them.",
+            lambda x, t: reference_softmax(x * t),
+        ),
+        Mistake(
+            "temperature applied to the weights",
+            "Apply the temperature to the scores, before the softmax: softmax(x / T). "
+            "Dividing the weights afterwards breaks the sum to 1.",
+            lambda x, t: reference_softmax(x) / t,
+        ),
+        Mistake(
+            "temperature ignored",
+            "The temperature is not used: the scores must be divided by it before the softmax.",
+            lambda x, t: reference_softmax(x),
+        ),
+        Mistake("no max shift", NO_SHIFT, lambda x, t: _naive(x / t)),
+    ),
+    hints={"nonfinite": NO_SHIFT},
+)
+
+
+# --------------------------------------------------------------------------- masked softmax
+
+
+def _masked_case(shape, mask_shape=None, spread=2.0, offsets=None, empty_rows=()):
+    def make(rng):
+        x = _scores(rng, shape, spread=spread, offsets=offsets)
+        return x, _keep_mask(rng, mask_shape or shape, empty_rows=empty_rows)
+
+    return make
+
+
+def _nan_when_empty(x, mask):
+    scores = np.where(mask, x, -np.inf)
+    exps = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return exps / exps.sum(axis=-1, keepdims=True)
+
+
+def _big_negative(x, mask):
+    return reference_softmax(np.where(mask, x, -1e9).astype(x.dtype))
+
+
+MASKED = Exercise(
+    name="masked_softmax",
+    function="masked_softmax",
+    params=("x", "mask"),
+    lesson=LESSON,
+    reference=lambda x, mask: reference_softmax(x, axis=-1, mask=mask),
+    cases=(
+        Case("some_masked", "x: float32 (3, 5), mask: bool (3, 5)", _masked_case((3, 5)), seed=27),
+        Case(
+            "broadcast_mask",
+            "x: float32 (2, 3, 5), mask: bool (3, 5) shared by the batch",
+            _masked_case((2, 3, 5), mask_shape=(3, 5)),
+            seed=28,
+        ),
+        Case(
+            "row_fully_masked",
+            "x: float32 (3, 5), mask: bool (3, 5) whose row 1 keeps nothing",
+            _masked_case((3, 5), empty_rows=(1,)),
+            seed=29,
+        ),
+        Case(
+            "large_scores",
+            "x: float32 (3, 5) around 1000, mask: bool (3, 5)",
+            _masked_case((3, 5), spread=3.0, offsets=[1000.0, 1000.0, -1000.0]),
+            seed=30,
+        ),
+    ),
+    invariants=(zero_where_masked(0, 1), within_zero_and_one(), rows_sum_to_one(0, mask_arg=1)),
+    mistakes=(
+        Mistake(
+            "mask applied after the softmax",
+            "Mask the scores before the softmax (a masked score becomes -inf), so that the kept entries are "
+            "renormalised to sum to 1. Zeroing weights after the softmax leaves rows that sum to less than 1.",
+            lambda x, mask: reference_softmax(x) * mask,
+        ),
+        Mistake(
+            "scores multiplied by the mask",
+            "Multiplying the scores by the mask turns a masked score into 0, not -inf, so it still gets weight. "
+            "Replace masked scores by -inf instead (np.where).",
+            lambda x, mask: reference_softmax(x * mask),
+        ),
+        Mistake(
+            "mask inverted",
+            "The mask is True where an entry is kept (may attend) and False where it is removed.",
+            lambda x, mask: reference_softmax(x, mask=~mask),
+        ),
+        Mistake(
+            "large negative number instead of -inf",
+            "With a large negative number instead of -inf, a row whose mask keeps nothing gets equal weights "
+            "everywhere. Such a row must be all zeros.",
+            _big_negative,
+        ),
+        Mistake(
+            "NaN in rows that keep nothing",
+            "In a row whose mask keeps nothing, the maximum is -inf and -inf - (-inf) is NaN, then 0 / 0. "
+            "Treat such rows apart: their weights are all 0.",
+            _nan_when_empty,
+        ),
+    ),
+    hints={
+        "nonfinite": "A row whose mask keeps nothing must get all-zero weights, and large scores need the "
+        "maximum subtracted first; one of the two gives NaN here."
+    },
+)
+
+EXERCISES = (SOFTMAX, TEMPERATURE, MASKED)

@@ -1,0 +1,235 @@
+"""The notebook self-check: kind verdicts, hints for classic mistakes, never the solution; the grader's files."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from attn_course import assign
+from attn_course.checking import RECORD_DIR_VARIABLE, CheckFailed, check, test_inputs
+from attn_course.exercises import EXERCISES, Opaque, Raised, get_exercise, judge
+from attn_course.exercises.transfer import RecordError, load_array, read_result, write_inputs
+
+# the wrong answers below overflow on purpose
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:overflow encountered:RuntimeWarning", "ignore:invalid value encountered:RuntimeWarning"
+)
+
+# --------------------------------------------------------------------------- answers
+
+
+def good_softmax(x):
+    exps = np.exp(x - x.max(axis=-1, keepdims=True))
+    return exps / exps.sum(axis=-1, keepdims=True)
+
+
+def naive_softmax(x):
+    exps = np.exp(x)
+    return exps / exps.sum(axis=-1, keepdims=True)
+
+
+def float64_scores(q, k):
+    return q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])  # np.sqrt: a float64 scalar
+
+
+def mask_after_softmax(q, k, v, mask=None):
+    scores = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])
+    weights = good_softmax(scores)
+    if mask is not None:
+        weights = weights * mask
+    return weights @ v, weights
+
+
+def solution_lines() -> list[str]:
+    """Every substantial line of every master's answers: none may appear in a check's report."""
+    lines = []
+    for path in assign.find_masters():
+        for cell in assign.read_master(path).cells:
+            if cell.kind == "solution":
+                for region in assign.solution_regions(cell.source):
+                    lines += [line.strip() for line in region.splitlines() if len(line.strip()) >= 12]
+    return lines
+
+
+# --------------------------------------------------------------------------- check() in the notebook
+
+
+def test_right_answer_passes_quietly(capsys):
+    summary = check("softmax", good_softmax)
+    assert summary.all_passed and summary.failed == 0
+    assert summary.score == summary.max_score == get_exercise("softmax").max_score
+    assert capsys.readouterr().out == ""  # the notebook shows the returned summary instead
+    report = summary.report()
+    assert report.startswith("softmax: 4 of 4 tests passed (5 of 5 points)")
+    assert report.count("✓") == 4 and "✗" not in report
+
+
+def test_wrong_answer_says_what_was_expected_what_came_back_and_why(capsys):
+    with pytest.raises(CheckFailed) as raised:
+        check("softmax", naive_softmax)
+    out = capsys.readouterr().out
+    assert "softmax: 3 of 4 tests passed (3 of 5 points)" in out
+    assert "✗ large_scores" in out
+    assert "expected: a NumPy float32 array of shape (3, 5), all entries finite" in out
+    assert "NaN or infinite" in out and "first at [0, 0]" in out
+    assert "Subtract each row's maximum" in out
+    assert 'x, = test_inputs("softmax", "large_scores")' in out
+    assert raised.value.summary.failed == 1
+    assert raised.value._render_traceback_() == ["CheckFailed: 1 of 4 tests of softmax failed: see the report above"]
+    for line in solution_lines():
+        assert line not in out, f"the report shows a solution line: {line}"
+
+
+def test_not_attempted_is_said_plainly_and_does_not_raise():
+    def stub(x):
+        raise NotImplementedError()
+
+    summary = check("softmax", stub)
+    assert summary.not_attempted == summary.total == 4 and summary.failed == 0
+    assert "not attempted yet" in summary.report()
+
+
+def test_dtype_mistake_gets_the_numpy_scalar_hint():
+    with pytest.raises(CheckFailed) as raised:
+        check("attention_scores", float64_scores)
+    report = raised.value.summary.report()
+    assert "got:      a float64 array of shape (3, 5)" in report
+    assert "The values themselves are right" in report and "math.sqrt(d)" in report
+    assert raised.value.summary.passed == 1  # the float64 case is right
+
+
+def test_mask_after_softmax_is_named():
+    with pytest.raises(CheckFailed) as raised:
+        check("scaled_dot_product_attention", mask_after_softmax)
+    summary = raised.value.summary
+    failed = {v.case: v for v in summary.verdicts if v.status == "failed"}
+    assert set(failed) == {"batched_with_mask", "query_fully_masked", "float64"}
+    assert all("before the softmax" in v.hint for v in failed.values())
+
+
+@pytest.mark.parametrize(
+    ("answer", "words"),
+    [
+        (lambda x: good_softmax(x).tolist(), "You returned a Python list"),
+        (lambda x: None, "forget the return statement"),
+        (lambda x: good_softmax(x)[..., :-1], "a float32 array of shape (3, 4)"),
+        (lambda x: good_softmax(x.T).T, "first difference at"),
+        (lambda x: np.full_like(x, np.nan), "NaN or infinite"),
+        (lambda x: x.reshape(-1)[: x.size + 1].sum(axis=1), "AxisError"),
+    ],
+    ids=["list", "none", "shape", "values", "nan", "raises"],
+)
+def test_each_kind_of_failure_is_explained(answer, words):
+    with pytest.raises(CheckFailed) as raised:
+        check("softmax", answer, raise_on_failure=True)
+    assert words in raised.value.summary.report()
+
+
+def test_inputs_are_fresh_and_a_mutating_answer_does_not_change_the_reference():
+    def mutating(x):
+        result = good_softmax(x)
+        x[...] = 0  # spoils its own input: the reference is computed from a fresh copy
+        return result
+
+    assert check("softmax", mutating).all_passed
+    q, k, v, mask = test_inputs("scaled_dot_product_attention", "batched_with_mask")
+    assert (q.shape, k.shape, v.shape, mask.shape) == ((2, 3, 4), (2, 5, 4), (2, 5, 6), (3, 5))
+    again = test_inputs("scaled_dot_product_attention", "batched_with_mask")
+    assert np.array_equal(q, again[0]) and q is not again[0]
+
+
+def test_check_refuses_a_non_function_and_an_unknown_name():
+    with pytest.raises(TypeError, match=r"check\(\'softmax\', softmax\)"):
+        check("softmax", np.zeros(3))
+    with pytest.raises(KeyError, match="known exercises: softmax"):
+        check("sofmax", good_softmax)
+
+
+# --------------------------------------------------------------------------- the exercise definitions themselves
+
+
+@pytest.mark.parametrize("name", list(EXERCISES))
+def test_reference_passes_and_each_classic_mistake_fails_with_its_own_hint(name):
+    exercise = EXERCISES[name]
+    assert len(exercise.cases) >= 3
+    for case in exercise.cases:
+        assert judge(exercise, case, exercise.reference(*case.args())).status == "passed", case.name
+    for mistake in exercise.mistakes:
+        verdicts = []
+        for case in exercise.cases:
+            try:
+                result = mistake.compute(*case.args())
+            except Exception as err:
+                result = Raised.from_exception(err)
+            verdicts.append(judge(exercise, case, result))
+        failed = [v for v in verdicts if v.status == "failed"]
+        assert failed, f"{name}: mistake {mistake.name!r} passes every test"
+        assert any(v.hint == mistake.hint for v in failed), f"{name}: mistake {mistake.name!r} is never named"
+
+
+def test_cases_use_distinct_dimensions_so_swapped_axes_fail():
+    q, k, v, _ = test_inputs("scaled_dot_product_attention", "no_mask")
+    L, d = q.shape
+    S, dv = v.shape
+    assert len({L, S, d, dv}) == 4 and k.shape == (S, d)
+
+
+# --------------------------------------------------------------------------- graded mode and the files
+
+
+def test_graded_mode_only_records(tmp_path, monkeypatch, capsys):
+    exercise = get_exercise("softmax")
+    args = {case.name: case.args() for case in exercise.cases}
+    write_inputs(tmp_path, "softmax", args)
+    monkeypatch.setenv(RECORD_DIR_VARIABLE, str(tmp_path))
+
+    def flaky(x):
+        if x.shape == (4, 6):
+            raise ValueError("no float64 today")
+        return naive_softmax(x)
+
+    summary = check("softmax", flaky)  # a wrong answer: nothing is judged, nothing raised
+    assert summary.recorded == 4 and summary.verdicts == []
+    assert "recorded" in summary.report() and capsys.readouterr().out == ""
+    monkeypatch.delenv(RECORD_DIR_VARIABLE)
+
+    rows = read_result(tmp_path, "softmax", "rows")
+    assert isinstance(rows, np.ndarray) and np.array_equal(rows, naive_softmax(args["rows"][0]))
+    assert read_result(tmp_path, "softmax", "float64_input") == Raised("ValueError", "no float64 today")
+    assert read_result(tmp_path, "masked_softmax", "rows") is None
+    large = read_result(tmp_path, "softmax", "large_scores")
+    assert judge(exercise, exercise.case("large_scores"), large).problem == "nonfinite"
+
+
+def test_grader_side_refuses_unsafe_or_damaged_files(tmp_path):
+    folder = tmp_path / "outputs" / "softmax"
+    folder.mkdir(parents=True)
+    np.save(folder / "rows.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (folder / "rows.json").write_text('{"status": "returned", "value": {"kind": "array"}}')
+    with pytest.raises(RecordError, match="dtype object"):
+        read_result(tmp_path, "softmax", "rows")
+
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(3, dtype=np.float32))
+    header["shape"] = (10**6, 10**6)  # claims 4 TB of data
+    with open(folder / "batched.npy", "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+        handle.write(b"\0" * 12)
+    with pytest.raises(RecordError, match="declares"):
+        load_array(folder / "batched.npy")
+
+    os.symlink("/etc/hostname", folder / "link.npy")
+    with pytest.raises(RecordError, match=r"cannot be opened|not a regular file"):
+        load_array(folder / "link.npy")
+
+    (folder / "large_scores.json").write_text('{"status": "returned", "value": {"kind": "sequence", "items": 3}}')
+    with pytest.raises(RecordError, match="damaged"):
+        read_result(tmp_path, "softmax", "large_scores")
+
+    (folder / "float64_input.json").write_text(
+        '{"status": "returned", "value": {"kind": "opaque", "description": "a list of 4 items", "type": "list"}}'
+    )
+    opaque = read_result(tmp_path, "softmax", "float64_input")
+    assert opaque == Opaque("a list of 4 items", "list")
+    verdict = judge(get_exercise("softmax"), get_exercise("softmax").case("float64_input"), opaque)
+    assert verdict.problem == "type" and "Python list" in verdict.hint

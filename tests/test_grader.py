@@ -1,0 +1,559 @@
+"""The grader, end to end: masters score full, exercises score 0, and nothing a submission does earns points.
+
+One batch, graded once by the command line with ``--jobs 2``, holds the masters,
+the untouched exercises, classic wrong answers and adversarial submissions
+(infinite loops, ``os._exit``, a memory bomb, monkeypatching, tampered cells,
+wrong types, shapes and dtypes, huge prints, garbage files). Kernel start-ups
+cost a second or two each, so the whole module shares that one run; the
+tests then read its report and gradebook.
+"""
+
+import csv
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from attn_course import assign
+from attn_course.grade import GRADER_VERSION, find_submissions, main, rebuild
+
+# make test runs this module on one xdist worker (--dist loadfile); the batch is graded once per test run anyway
+pytestmark = pytest.mark.grader
+
+REPO = Path(__file__).resolve().parents[1]
+MASTER_02 = "02_softmax_temperature_and_scaling.ipynb"
+MASTER_03 = "03_scaled_dot_product_attention.ipynb"
+CELL_TIMEOUT = 5
+MASTERS = assign.find_masters()
+
+# --------------------------------------------------------------------------- answers
+
+GOOD = {
+    "softmax": """
+def softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+""",
+    "softmax_with_temperature": """
+def softmax_with_temperature(x, temperature):
+    z = x / temperature
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+""",
+    "masked_softmax": """
+def masked_softmax(x, mask):
+    s = np.where(mask, x, -np.inf)
+    m = s.max(axis=-1, keepdims=True)
+    e = np.exp(s - np.where(np.isfinite(m), m, 0))
+    t = e.sum(axis=-1, keepdims=True)
+    return e / np.where(t > 0, t, 1)
+""",
+    "attention_scores": """
+def attention_scores(q, k):
+    return q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])
+""",
+    "scaled_dot_product_attention": """
+def scaled_dot_product_attention(q, k, v, mask=None):
+    s = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        s = np.where(mask, s, -np.inf)
+    m = s.max(axis=-1, keepdims=True)
+    e = np.exp(s - np.where(np.isfinite(m), m, 0))
+    t = e.sum(axis=-1, keepdims=True)
+    w = e / np.where(t > 0, t, 1)
+    return w @ v, w
+""",
+}
+
+
+def sdpa(weights_line: str, fill: str = "-np.inf") -> str:
+    """An attention answer whose weights are computed by ``weights_line`` from scores ``s`` (mask applied)."""
+    return f"""
+def scaled_dot_product_attention(q, k, v, mask=None):
+    s = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        s = np.where(mask, s, {fill})
+    {weights_line}
+    return w @ v, w
+"""
+
+
+NAIVE_SOFTMAX = "def softmax(x):\n    e = np.exp(x)\n    return e / e.sum(axis=-1, keepdims=True)\n"
+
+WRONG = {
+    # (master, answers, expected score, {test: status} for the tests that must fail)
+    "wrong_02a": (
+        MASTER_02,
+        {
+            "softmax": NAIVE_SOFTMAX,
+            "softmax_with_temperature": "def softmax_with_temperature(x, temperature):\n"
+            "    return softmax(x * temperature)\n",
+            "masked_softmax": "def masked_softmax(x, mask):\n    return softmax(x) * mask\n",
+        },
+        3,
+        {
+            "softmax: large_scores": "Subtract each row's maximum",
+            "softmax_with_temperature: sharpen": "do not multiply",
+        },
+    ),
+    "wrong_02b": (
+        MASTER_02,
+        {
+            "softmax": "def softmax(x):\n    e = np.exp(x - x.max())\n    return e / e.sum(axis=-1, keepdims=True)\n",
+            "softmax_with_temperature": "def softmax_with_temperature(x, temperature):\n"
+            "    return softmax(x) / temperature\n",
+            "masked_softmax": GOOD["masked_softmax"].replace("-np.inf", "-1e9"),
+        },
+        6,
+        {
+            "softmax: large_scores": "maximum of the whole array",
+            "softmax_with_temperature: flatten": "before the softmax",
+            "masked_softmax: row_fully_masked": "instead of -inf",
+        },
+    ),
+    "wrong_03a": (
+        MASTER_03,
+        {
+            "attention_scores": "def attention_scores(q, k):\n    return q @ np.swapaxes(k, -1, -2)\n",
+            "scaled_dot_product_attention": """
+def scaled_dot_product_attention(q, k, v, mask=None):
+    s = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    w = e / e.sum(axis=-1, keepdims=True)
+    if mask is not None:
+        w = w * mask
+    return w @ v, w
+""",
+        },
+        2,
+        {
+            "attention_scores: single": "Divide the dot products by sqrt(d)",
+            "scaled_dot_product_attention: float64": "before the softmax",
+        },
+    ),
+    "student_03_b": (  # no master metadata: found by the number in its file name
+        MASTER_03,
+        {
+            "attention_scores": "def attention_scores(q, k):\n    return q @ np.swapaxes(k, -1, -2) / q.shape[-1]\n",
+            "scaled_dot_product_attention": sdpa(
+                "e = np.exp(s - s.max(axis=-2, keepdims=True)); w = e / e.sum(axis=-2, keepdims=True)"
+            ),
+        },
+        0,
+        {"attention_scores: batched": "not 1 / d", "scaled_dot_product_attention: no_mask": "over the keys"},
+    ),
+    "wrong_03c": (
+        MASTER_03,
+        {
+            "attention_scores": "def attention_scores(q, k):\n"
+            "    return k @ np.swapaxes(q, -1, -2) / math.sqrt(q.shape[-1])\n",
+            "scaled_dot_product_attention": sdpa(
+                "e = np.exp(s - s.max(axis=-1, keepdims=True)); w = e / e.sum(axis=-1, keepdims=True)"
+            ),
+        },
+        5,
+        {
+            "attention_scores: single": "k @ q^T gives (..., S, L)",
+            "scaled_dot_product_attention: query_fully_masked": "0 / 0 = NaN",
+        },
+    ),
+}
+
+UNINTERRUPTIBLE = """
+import time
+
+def masked_softmax(x, mask):
+    while True:
+        try:
+            time.sleep(60)
+        except KeyboardInterrupt:
+            pass
+"""
+
+MONKEYPATCH = """
+import IPython
+import attn_course.checking
+
+np.testing.assert_allclose = lambda *a, **k: None
+np.allclose = lambda *a, **k: True
+np.array_equal = lambda *a, **k: True
+IPython.get_ipython().showtraceback = lambda *a, **k: None
+attn_course.checking.check = lambda *a, **k: print("softmax: 4 of 4 tests passed")
+check = attn_course.checking.check
+
+def softmax(x):
+    return np.zeros_like(x)
+"""
+
+FORGED_RECORDS = """
+import json, os, pathlib
+
+out = pathlib.Path(os.environ["ATTN_COURSE_RECORD_DIR"]) / "outputs" / "masked_softmax"
+out.mkdir(parents=True, exist_ok=True)
+for name in ["some_masked", "broadcast_mask", "row_fully_masked", "large_scores"]:
+    np.save(out / f"{name}.npy", np.array([object()], dtype=object), allow_pickle=True)
+    (out / f"{name}.json").write_text(json.dumps({"status": "returned", "value": {"kind": "array"}}))
+
+def masked_softmax(x, mask):
+    return x
+"""
+
+ADVERSARIAL = {
+    "adv_loop": (
+        MASTER_02,
+        {
+            "softmax": "def softmax(x):\n    while True:\n        pass\n",
+            "softmax_with_temperature": GOOD["softmax_with_temperature"],
+            "masked_softmax": UNINTERRUPTIBLE,
+        },
+    ),
+    "adv_exit": (
+        MASTER_03,
+        {
+            "attention_scores": "import os\n\ndef attention_scores(q, k):\n    os._exit(1)\n",
+            "scaled_dot_product_attention": GOOD["scaled_dot_product_attention"],
+        },
+    ),
+    "adv_memory": (
+        MASTER_02,
+        {
+            "softmax": "def softmax(x):\n    hog = np.ones(2 * 2**30 // 8)  # 2 GB, over the 1 GB limit\n"
+            "    return hog[: x.size].reshape(x.shape)\n",
+            "softmax_with_temperature": GOOD["softmax_with_temperature"],
+            "masked_softmax": GOOD["masked_softmax"],
+        },
+    ),
+    "adv_monkeypatch": (
+        MASTER_02,
+        {
+            "softmax": MONKEYPATCH,
+            "softmax_with_temperature": "def softmax_with_temperature(x, temperature):\n    return x\n",
+            "masked_softmax": FORGED_RECORDS,
+        },
+    ),
+    "adv_types": (
+        MASTER_02,
+        {
+            "softmax": GOOD["softmax"] + "\n_right = softmax\n\ndef softmax(x):\n    return _right(x).tolist()\n",
+            "softmax_with_temperature": GOOD["softmax_with_temperature"].replace(
+                "z = x / temperature", "z = x.astype(np.float64) / temperature"
+            ),
+            "masked_softmax": "for i in range(20000):\n    print(i)\n\n"
+            "def masked_softmax(x, mask):\n    print('x' * 3_000_000)\n    return np.full_like(x, np.nan)\n",
+        },
+    ),
+    "adv_shapes": (
+        MASTER_03,
+        {
+            "attention_scores": """
+print("y" * 10_000_000)
+
+def attention_scores(q, k):
+    s = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])
+    return s[..., :-1]
+""",
+            "scaled_dot_product_attention": GOOD["scaled_dot_product_attention"].replace(
+                "return w @ v, w", "out = w @ v\n    return out.reshape(-1, out.shape[-1]), w"
+            ),
+        },
+    ),
+}
+
+GARBAGE = {
+    "empty.ipynb": b"",
+    "binary.ipynb": bytes(range(256)) * 4,
+    "not_json.ipynb": b"hello, I am a notebook",
+    "json_list.ipynb": b"[1, 2, 3]",
+    "schema_invalid.ipynb": json.dumps(
+        {"cells": [{"cell_type": "code"}], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    ).encode(),
+    "deep.ipynb": b"[" * 200_000,
+    "too_big.ipynb": b'{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5, "pad": "'
+    + b"x" * (3 * 2**20 // 2)
+    + b'"}',
+}
+
+# --------------------------------------------------------------------------- building the batch
+
+
+def submission(master: str, answers: dict, drop_master_metadata: bool = False):
+    """The generated exercise for ``master`` with answer cells replaced, as a learner would hand it in."""
+    notebook = nbformat.read(assign.EXERCISES_DIR / master, as_version=4)
+    for cell in notebook.cells:
+        grade_id = cell.metadata.get("attn_course", {}).get("grade_id")
+        if grade_id in answers:
+            cell.source = answers[grade_id].strip("\n")
+    if drop_master_metadata:
+        del notebook.metadata["attn_course"]
+    return notebook
+
+
+def tampered():
+    notebook = submission(
+        MASTER_02,
+        {
+            "softmax": NAIVE_SOFTMAX,
+            "softmax_with_temperature": GOOD["softmax_with_temperature"],
+            "masked_softmax": GOOD["masked_softmax"],
+        },
+    )
+    cells = notebook.cells
+    by_id = {cell.metadata.get("attn_course", {}).get("grade_id"): cell for cell in cells}
+    by_id["setup"].source += "\ncheck = lambda *a, **k: None"
+    by_id["softmax_tests"].source = 'print("softmax: 4 of 4 tests passed")'
+    cells.remove(by_id["softmax_with_temperature_tests"])
+    masked_tests = by_id["masked_softmax_tests"]
+    cells[cells.index(masked_tests)] = nbformat.v4.new_markdown_cell(
+        masked_tests.source, metadata=masked_tests.metadata, id=masked_tests.id
+    )
+    cells.append(nbformat.v4.new_code_cell("print('my own cell')"))
+    return notebook
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    """The batch's report, gradebook and run: graded once per test run, even when several xdist workers ask."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the folder all workers of this run share
+    root = shared / "grader-batch"
+    with open(shared / "grader-batch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker grades, the others wait and read
+        if not (root / "run.json").exists():
+            run_batch(root)
+    run = json.loads((root / "run.json").read_text())
+    with open(root / "grades.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return {"document": json.loads((root / "report.json").read_text()), "rows": rows, "run": run}
+
+
+def run_batch(root: Path) -> None:
+    """Build every submission under ``root`` and grade them with the command line, --jobs 2."""
+    folder = root / "submissions"
+    (folder / "solutions").mkdir(parents=True)
+    (folder / "exercises").mkdir()
+    (folder / ".ipynb_checkpoints").mkdir()
+    for master in MASTERS:  # every master, and its generated exercise
+        shutil.copy(master, folder / "solutions" / master.name)
+        shutil.copy(assign.EXERCISES_DIR / master.name, folder / "exercises" / master.name)
+    shutil.copy(assign.SOLUTIONS_DIR / MASTER_02, folder / ".ipynb_checkpoints" / "ignored-checkpoint.ipynb")
+    for name, (master, answers, *_) in {**WRONG, **ADVERSARIAL}.items():
+        notebook = submission(master, answers, drop_master_metadata=name.startswith("student_"))
+        nbformat.write(notebook, folder / f"{name}.ipynb")
+    nbformat.write(tampered(), folder / "adv_tamper.ipynb")
+    nbformat.write(nbformat.v4.new_notebook(), folder / "homework.ipynb")  # valid, but of no known exercise
+    for name, data in GARBAGE.items():
+        (folder / name).write_bytes(data)
+
+    out, gradebook = root / "report.json", root / "grades.csv"
+    command = [sys.executable, "-m", "attn_course.grade", str(folder), "--jobs", "2"]
+    command += ["--out", str(out), "--csv", str(gradebook), "--cell-timeout", str(CELL_TIMEOUT)]
+    command += ["--timeout", "60", "--memory-mb", "1024", "--max-size-mb", "1"]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+    (root / "run.json").write_text(json.dumps(run))
+
+
+def report_for(batch, name: str) -> dict:
+    """The report of the submission whose path ends with ``name`` (``.ipynb`` may be left out)."""
+    for path, report in batch["document"]["submissions"].items():
+        if path.endswith((name, f"{name}.ipynb")):
+            return report
+    raise KeyError(name)
+
+
+def statuses(report) -> dict:
+    return {test["name"]: test["status"] for test in report["tests"]}
+
+
+def outputs(report) -> dict:
+    return {test["name"]: test["output"] for test in report["tests"]}
+
+
+# --------------------------------------------------------------------------- the batch
+
+
+def test_batch_finishes_with_a_progress_bar_and_skips_checkpoints(batch):
+    assert batch["run"]["returncode"] == 0
+    assert "grading" in batch["run"]["stderr"] and "100%" in batch["run"]["stderr"]
+    paths = list(batch["document"]["submissions"])
+    assert not any(".ipynb_checkpoints" in path for path in paths)
+    assert len(paths) == 2 * len(MASTERS) + len(WRONG) + len(ADVERSARIAL) + 1 + 1 + len(GARBAGE)
+    assert batch["document"]["grader_version"] == GRADER_VERSION
+
+
+@pytest.mark.parametrize("name", [master.name for master in MASTERS])
+def test_masters_score_full_marks(batch, name):
+    report = report_for(batch, f"solutions/{name}")
+    assert report["score"] == report["max_score"] > 0
+    assert set(statuses(report).values()) == {"passed"}
+    assert report["extra_data"]["tampering"] == [] and report["extra_data"]["status"] == "graded"
+
+
+@pytest.mark.parametrize("name", [master.name for master in MASTERS])
+def test_untouched_exercises_score_zero_all_not_attempted(batch, name):
+    report = report_for(batch, f"exercises/{name}")
+    assert report["score"] == 0 and report["max_score"] > 0
+    assert set(statuses(report).values()) == {"not_attempted"}
+
+
+@pytest.mark.parametrize("name", list(WRONG))
+def test_classic_wrong_answers_lose_exactly_their_points(batch, name):
+    report = report_for(batch, name)
+    master, _, expected_score, must_fail = WRONG[name]
+    assert report["extra_data"]["master"] == master.removesuffix(".ipynb")
+    assert report["score"] == expected_score
+    for test, hint in must_fail.items():
+        assert statuses(report)[test] == "failed", test
+        assert hint in outputs(report)[test], (test, outputs(report)[test])
+    for test in report["tests"]:
+        assert test["status"] in {"passed", "failed"}
+        assert test["score"] == (test["max_score"] if test["status"] == "passed" else 0)
+
+
+def test_infinite_loops_time_out_and_the_notebook_goes_on(batch):
+    report = report_for(batch, "adv_loop")
+    status = statuses(report)
+    assert {status[f"softmax: {case}"] for case in ("rows", "batched", "large_scores", "float64_input")} == {"timeout"}
+    assert all(s == "passed" for test, s in status.items() if test.startswith("softmax_with_temperature"))
+    assert all(s == "timeout" for test, s in status.items() if test.startswith("masked_softmax"))
+    assert report["score"] == 3
+    assert any("did not answer after an interrupt" in note for note in report["extra_data"]["notes"])
+
+
+def test_os_exit_kills_only_this_submission(batch):
+    report = report_for(batch, "adv_exit")
+    assert report["score"] == 0
+    assert set(statuses(report).values()) == {"error"}
+    assert "kernel died" in outputs(report)["attention_scores: single"]
+
+
+def test_memory_bomb_hits_the_limit(batch):
+    report = report_for(batch, "adv_memory")
+    status, text = statuses(report), outputs(report)
+    assert status["softmax: rows"] in {"failed", "error"} and "MemoryError" in text["softmax: rows"]
+    assert report["score"] == 3 + 4  # the other two exercises still count
+
+
+def test_monkeypatching_inside_the_kernel_earns_nothing(batch):
+    report = report_for(batch, "adv_monkeypatch")
+    assert report["score"] == 0
+    assert set(statuses(report).values()) == {"error"}
+    assert "was check() replaced?" in outputs(report)["softmax: rows"]
+    assert "only numbers and booleans" in outputs(report)["masked_softmax: some_masked"]  # the forged pickles
+
+
+def test_tampered_cells_are_restored_and_reported(batch):
+    report = report_for(batch, "adv_tamper")
+    assert report["score"] == 3 + 3 + 4  # naive softmax fails large_scores only; the checks ran as the master's
+    assert statuses(report)["softmax: large_scores"] == "failed"
+    tampering = " ".join(report["extra_data"]["tampering"])
+    assert "locked cell 'setup' was edited" in tampering
+    assert "test cell 'softmax_tests' was edited" in tampering
+    assert "test cell 'softmax_with_temperature_tests' was deleted" in tampering
+    assert "test cell 'masked_softmax_tests' was retyped" in tampering
+    assert any("were not run" in note for note in report["extra_data"]["notes"])
+    assert "Tampering:" in report["output"]
+
+
+def test_wrong_types_dtypes_nan_and_huge_prints(batch):
+    report = report_for(batch, "adv_types")
+    text = outputs(report)
+    assert report["score"] == 0 and set(statuses(report).values()) == {"failed"}
+    assert "a list of 3 items" in text["softmax: rows"] and "Python list" in text["softmax: rows"]
+    assert "float64 array" in text["softmax_with_temperature: sharpen"]
+    assert "NaN or infinite" in text["masked_softmax: some_masked"]
+
+
+def test_wrong_shapes_and_a_huge_print(batch):
+    report = report_for(batch, "adv_shapes")
+    status = statuses(report)
+    assert {status[f"attention_scores: {case}"] for case in ("single", "batched", "wide_float64")} == {"failed"}
+    assert "shape (3, 4)" in outputs(report)["attention_scores: single"]
+    assert status["scaled_dot_product_attention: batched_with_mask"] == "failed"
+    assert report["score"] == 4
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("empty.ipynb", "empty"),
+        ("binary.ipynb", "not text"),
+        ("not_json.ipynb", "not JSON"),
+        ("json_list.ipynb", "not a notebook"),
+        ("schema_invalid.ipynb", "notebook format"),
+        ("deep.ipynb", "not JSON"),
+        ("too_big.ipynb", "more than the 1 MB allowed"),
+        ("homework.ipynb", "cannot tell which exercise"),
+    ],
+)
+def test_garbage_is_refused_with_a_reason(batch, name, words):
+    report = report_for(batch, name)
+    assert report["extra_data"]["status"] == "invalid"
+    assert report["score"] == 0 and report["tests"] == []
+    assert words in report["output"]
+
+
+def test_no_test_ever_passes_without_its_points_or_the_reverse(batch):
+    for report in batch["document"]["submissions"].values():
+        assert report["score"] == sum(test["score"] for test in report["tests"])
+        for test in report["tests"]:
+            assert test["status"] in {"passed", "failed", "not_attempted", "timeout", "error"}
+            assert test["score"] == (test["max_score"] if test["status"] == "passed" else 0)
+            assert set(test) == {"name", "score", "max_score", "status", "output"}
+
+
+def test_gradebook_has_a_row_per_submission_with_hashes_and_version(batch):
+    rows = {Path(row["submission"]).name: row for row in batch["rows"]}
+    assert len(batch["rows"]) == len(batch["document"]["submissions"])
+    row = rows["wrong_02a.ipynb"]
+    assert row["score"] == "3" and row["max_score"] == "12" and row["softmax: large_scores"] == "0"
+    assert row["grader_version"] == GRADER_VERSION and len(row["sha256"]) == 64 and len(row["master_sha256"]) == 64
+    assert rows["empty.ipynb"]["status"] == "invalid" and "empty" in rows["empty.ipynb"]["notes"]
+    assert rows["adv_tamper.ipynb"]["tampering"]
+
+
+# --------------------------------------------------------------------------- one submission, in this process
+
+
+def test_single_submission_report_is_gradescope_shaped(tmp_path, capsys):
+    target = tmp_path / "alice.ipynb"
+    nbformat.write(submission(MASTER_03, GOOD), target)
+    out = tmp_path / "results.json"
+    assert main([str(target), "--out", str(out), "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    assert set(report) == {"score", "max_score", "output", "tests", "execution_time", "extra_data"}
+    assert report["score"] == report["max_score"] == 9
+    assert report["execution_time"] < 60
+    assert f"{'9':>6} / 9" in capsys.readouterr().out
+
+
+def test_nothing_to_grade_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / ".ipynb_checkpoints" / "a-checkpoint.ipynb").write_text("{}")
+    assert find_submissions([tmp_path]) == []
+    assert main([str(tmp_path)]) == 2
+    assert "no notebooks found" in capsys.readouterr().err
+
+
+def test_rebuild_takes_only_answer_cells_and_matches_by_id_when_metadata_is_lost():
+    master = assign.read_master(assign.SOLUTIONS_DIR / MASTER_02)
+    notebook = submission(MASTER_02, {"softmax": GOOD["softmax"], "masked_softmax": "def masked_softmax(x, m):\n  0"})
+    answer = next(c for c in notebook.cells if c.metadata.get("attn_course", {}).get("grade_id") == "softmax")
+    del answer.metadata["attn_course"]  # pasted over: only its cell id is left
+    notebook.cells.insert(0, nbformat.v4.new_code_cell("import os; os._exit(1)"))  # added cells never run
+    rebuilt = rebuild(master, notebook)
+    sources = {c.id: c.source for c in rebuilt.notebook.cells}
+    assert sources[answer.id] == GOOD["softmax"].strip("\n")
+    assert "def masked_softmax(x, m)" in sources["masked-answer"]
+    assert "YOUR CODE HERE" in sources["temperature-answer"]
+    assert [c.id for c in rebuilt.notebook.cells] == [c.id for c in master.notebook.cells]
+    assert "os._exit" not in "".join(sources.values())
+    assert rebuilt.tampering == [] and any("were not run" in note for note in rebuilt.notes)
