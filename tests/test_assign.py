@@ -89,6 +89,15 @@ def test_every_exercise_is_checked_by_exactly_one_master():
     assert sorted(checked) == sorted(EXERCISES), "each exercise definition belongs to one test cell of one master"
 
 
+def test_each_master_checks_the_exercises_of_its_own_lesson():
+    for path in MASTERS:
+        master = read_master(path)
+        assert master.notebook.metadata["attn_course"]["lesson"] == f"notebooks/{path.name}"
+        assert (assign.REPO / "notebooks" / path.name).is_file(), f"{path.name}: no lesson of that name"
+        for cell in master.test_cells():
+            assert EXERCISES[cell.exercise].lesson == path.stem, (path.name, cell.exercise)
+
+
 def test_stub_takes_the_indentation_of_its_marker():
     source = (
         "def f(x):\n"

@@ -142,7 +142,7 @@ def test_inputs_are_fresh_and_a_mutating_answer_does_not_change_the_reference():
 def test_check_refuses_a_non_function_and_an_unknown_name():
     with pytest.raises(TypeError, match=r"check\(\'softmax\', softmax\)"):
         check("softmax", np.zeros(3))
-    with pytest.raises(KeyError, match="known exercises: softmax"):
+    with pytest.raises(KeyError, match=r"known exercises: .*softmax"):
         check("sofmax", good_softmax)
 
 
@@ -173,6 +173,97 @@ def test_cases_use_distinct_dimensions_so_swapped_axes_fail():
     L, d = q.shape
     S, dv = v.shape
     assert len({L, S, d, dv}) == 4 and k.shape == (S, d)
+
+
+# --------------------------------------------------------------------------- classic mistakes, written by hand
+
+
+def cosine_keys_not_normalised(q, k):
+    return (q / np.linalg.norm(q, axis=-1, keepdims=True)) @ np.swapaxes(k, -1, -2)
+
+
+def causal_of_floats(n):
+    return np.tril(np.ones((n, n)))
+
+
+def padding_without_axes(lengths, n):
+    return np.arange(n)[None, :] < lengths[:, None]
+
+
+def masked_after_softmax(q, k, v, mask):
+    return mask_after_softmax(q, k, v, mask)
+
+
+def merge_by_reshape(x):
+    *batch, h, L, head_dim = x.shape
+    return x.reshape(*batch, L, h * head_dim)
+
+
+def sines_then_cosines(n, d):
+    angles = np.arange(n)[:, None] / 10000 ** (np.arange(0, d, 2) / d)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+def rope_rotate_half(x, positions):
+    d = x.shape[-1]
+    angles = positions[:, None] * 10000.0 ** (-np.arange(0, d, 2) / d)
+    first, second = x[..., : d // 2], x[..., d // 2 :]
+    cos, sin = np.cos(angles), np.sin(angles)
+    return np.concatenate([first * cos - second * sin, first * sin + second * cos], axis=-1).astype(x.dtype)
+
+
+def layer_norm_unbiased(x, gamma, beta, eps):
+    centred = x - x.mean(axis=-1, keepdims=True)
+    return gamma * centred / np.sqrt(x.var(axis=-1, ddof=1, keepdims=True) + eps) + beta
+
+
+def layer_norm_over_positions(x, gamma, beta, eps):
+    centred = x - x.mean(axis=-2, keepdims=True)
+    return gamma * centred / np.sqrt(x.var(axis=-2, keepdims=True) + eps) + beta
+
+
+@pytest.mark.parametrize(
+    ("name", "answer", "words"),
+    [
+        ("cosine_similarity", cosine_keys_not_normalised, "Divide the keys by their lengths too"),
+        ("causal_mask", causal_of_floats, "A mask holds booleans"),
+        ("padding_mask", padding_without_axes, "Return shape (B, 1, 1, n)"),
+        ("masked_attention", masked_after_softmax, "before the softmax"),
+        ("merge_heads", merge_by_reshape, "merged in the wrong order"),
+        ("sinusoidal_encoding", sines_then_cosines, "Interleave sines and cosines"),
+        ("apply_rope", rope_rotate_half, "'rotate half'"),
+        ("layer_norm", layer_norm_unbiased, "biased variance"),
+        ("layer_norm", layer_norm_over_positions, "over its own features"),
+    ],
+    ids=lambda value: value.__name__ if callable(value) else None,
+)
+def test_hand_written_classic_mistakes_lose_points_and_get_their_hint(name, answer, words):
+    """Not the definitions' own mistake functions: answers as a learner writes them (other rounding, other code)."""
+    with pytest.raises(CheckFailed) as raised:
+        check(name, answer)
+    summary = raised.value.summary
+    assert summary.score < summary.max_score
+    failed = [verdict for verdict in summary.verdicts if verdict.status == "failed"]
+    assert any(words in verdict.hint for verdict in failed), [verdict.hint for verdict in failed]
+
+
+def test_masks_and_integers_travel_through_the_graded_files(tmp_path, monkeypatch):
+    """Integer arguments (lengths, n, num_heads) reach the kernel, boolean masks come back and are judged exactly."""
+    exercise = get_exercise("padding_mask")
+    args = {case.name: case.args() for case in exercise.cases}
+    write_inputs(tmp_path, "padding_mask", args)
+    monkeypatch.setenv(RECORD_DIR_VARIABLE, str(tmp_path))
+    assert check("padding_mask", padding_without_axes).recorded == len(args)
+    monkeypatch.delenv(RECORD_DIR_VARIABLE)
+    lengths, n = args["lesson_batch"]
+    assert lengths.dtype == np.int64 and type(n) is int
+    recorded = read_result(tmp_path, "padding_mask", "lesson_batch")
+    assert recorded.dtype == np.bool_ and recorded.shape == (3, 6)
+    verdict = judge(exercise, exercise.case("lesson_batch"), recorded)
+    assert verdict.problem == "shape" and "(B, 1, 1, n)" in verdict.hint
+    right = recorded[:, None, None, :]
+    assert judge(exercise, exercise.case("lesson_batch"), right).status == "passed"
+    assert judge(exercise, exercise.case("lesson_batch"), right.astype(np.int8)).problem == "dtype"
 
 
 # --------------------------------------------------------------------------- graded mode and the files

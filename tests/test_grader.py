@@ -29,6 +29,8 @@ pytestmark = pytest.mark.grader
 REPO = Path(__file__).resolve().parents[1]
 MASTER_02 = "02_softmax_temperature_and_scaling.ipynb"
 MASTER_03 = "03_scaled_dot_product_attention.ipynb"
+MASTER_06 = "06_masking.ipynb"
+MASTER_07 = "07_multi_head_attention.ipynb"
 CELL_TIMEOUT = 5
 MASTERS = assign.find_masters()
 
@@ -161,6 +163,55 @@ def scaled_dot_product_attention(q, k, v, mask=None):
         {
             "attention_scores: single": "k @ q^T gives (..., S, L)",
             "scaled_dot_product_attention: query_fully_masked": "0 / 0 = NaN",
+        },
+    ),
+    "wrong_06": (  # booleans and integers through the files: a float mask, a mask of the wrong shape, NaN rows
+        MASTER_06,
+        {
+            "causal_mask": "def causal_mask(n):\n    return np.tril(np.ones((n, n)))\n",
+            "padding_mask": "def padding_mask(lengths, n):\n    return np.arange(n)[None, :] < lengths[:, None]\n",
+            "masked_attention": """
+def masked_attention(q, k, v, mask):
+    s = np.where(mask, q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1]), -np.inf)
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    w = e / e.sum(axis=-1, keepdims=True)
+    return w @ v, w
+""",
+        },
+        2,
+        {
+            "causal_mask: six_tokens": "A mask holds booleans",
+            "padding_mask: lesson_batch": "Return shape (B, 1, 1, n)",
+            "masked_attention: left_padding_and_causal": "-inf - (-inf) is NaN",
+        },
+    ),
+    "wrong_07": (
+        MASTER_07,
+        {
+            "split_heads": """
+def split_heads(x, num_heads):
+    *batch, L, width = x.shape
+    return np.swapaxes(x.reshape(*batch, L, num_heads, width // num_heads), -3, -2)
+""",
+            "merge_heads": """
+def merge_heads(x):
+    *batch, h, L, head_dim = x.shape
+    return x.reshape(*batch, L, h * head_dim)
+""",
+            "multi_head_attention": """
+def multi_head_attention(x, W_q, W_k, W_v, W_o, num_heads):
+    q, k, v = (split_heads(x @ W, num_heads) for W in (W_q, W_k, W_v))
+    s = q @ np.swapaxes(k, -1, -2) / math.sqrt(x.shape[-1])
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    w = e / e.sum(axis=-1, keepdims=True)
+    heads = np.swapaxes(w @ v, -3, -2)
+    return heads.reshape(*heads.shape[:-2], -1) @ W_o, w
+""",
+        },
+        3,
+        {
+            "merge_heads: batched": "merged in the wrong order",
+            "multi_head_attention: single": "not 1/sqrt(d_model)",
         },
     ),
 }

@@ -32,7 +32,17 @@ __all__ = [
 ]
 
 # One module per lesson that has an exercise notebook, in lesson order.
-LESSON_MODULES = ("softmax", "attention")
+LESSON_MODULES = (
+    "similarity",
+    "softmax",
+    "attention",
+    "additive",
+    "self_attention",
+    "masking",
+    "multihead",
+    "positions",
+    "block",
+)
 
 
 def _collect() -> dict[str, Exercise]:

@@ -1,0 +1,316 @@
+"""Exercises of lesson 09, the transformer block: ``solutions/09_the_transformer_block.ipynb``.
+
+* ``layer_norm(x, gamma, beta, eps)``: normalise each token's features (the
+  last axis) to mean 0 and variance 1 with the **biased** variance, then scale
+  by ``gamma`` and shift by ``beta`` (``torch.nn.LayerNorm``'s formula);
+* ``feed_forward(x, W1, b1, W2, b2)``: the block's MLP,
+  ``gelu(x W1 + b1) W2 + b2``, with GELU in its tanh form;
+* ``pre_ln_feed_forward(x, gamma, beta, W1, b1, W2, b2)``: the second half of a
+  pre-LN block, ``x + feed_forward(layer_norm(x))`` with ``eps = 1e-5``.
+
+The package computes these only inside its torch modules, so the references
+are the plain formulas, in float64 at check time (the tanh form of GELU is
+torch's ``nn.GELU(approximate="tanh")``; NumPy has no ``erf`` for the exact one).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .attention import _normal
+from .core import Case, Exercise, Invariant, Mistake, _index, _number
+
+__all__ = ["EXERCISES"]
+
+LESSON = "09_the_transformer_block"
+EPS = 1e-5
+
+
+def _layer_norm(x, gamma, beta, eps, axis=-1, ddof=0, eps_inside=True):
+    mean = x.mean(axis=axis, keepdims=True)
+    centred = x - mean
+    variance = (centred * centred).sum(axis=axis, keepdims=True) / (x.shape[axis] - ddof)
+    spread = np.sqrt(variance + eps) if eps_inside else np.sqrt(variance) + eps
+    return (centred / spread * gamma + beta).astype(x.dtype)
+
+
+def _gelu(h):
+    return 0.5 * h * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * h**3)))
+
+
+def _feed_forward(x, W1, b1, W2, b2, activation=_gelu, after=lambda y: y):
+    return after(activation(x @ W1 + b1) @ W2 + b2).astype(x.dtype)
+
+
+# --------------------------------------------------------------------------- layer norm
+
+
+def _norm_case(shape, eps=EPS, scale=3.0, offset=1.0, fresh=False, dtype=np.float32):
+    """x of ``shape`` around ``offset`` with spread ``scale``; gamma near 1 and beta near 0 (1 and 0 if fresh)."""
+
+    def make(rng):
+        x = (rng.standard_normal(shape) * scale + offset).astype(dtype)
+        d = shape[-1]
+        gamma = np.ones(d, dtype) if fresh else (1.0 + 0.3 * rng.standard_normal(d)).astype(dtype)
+        beta = np.zeros(d, dtype) if fresh else (0.5 * rng.standard_normal(d)).astype(dtype)
+        return x, gamma, beta, eps
+
+    return make
+
+
+def normalised_mean_zero() -> Invariant:
+    """Undoing gamma and beta leaves every token's features with mean 0."""
+
+    def violation(outputs, args, tol):
+        gamma = np.asarray(args[1], dtype=np.float64)
+        beta = np.asarray(args[2], dtype=np.float64)
+        means = ((outputs[0] - beta) / gamma).mean(axis=-1)
+        bad = np.abs(means) > 10 * (tol["atol"] + tol["rtol"])
+        if bool(np.any(bad)):
+            first = np.argwhere(bad)[0]
+            return f"token {_index(first)} has mean {_number(means[tuple(first)])} after removing gamma and beta"
+        return None
+
+    return Invariant("each token's normalised features, (result - beta) / gamma, have mean 0", violation)
+
+
+LAYER_NORM = Exercise(
+    name="layer_norm",
+    function="layer_norm",
+    params=("x", "gamma", "beta", "eps"),
+    lesson=LESSON,
+    reference=_layer_norm,
+    cases=(
+        Case(
+            "fresh_layer",
+            "x: float32 (4, 6) around 1 with spread 3, gamma = 1, beta = 0, eps = 1e-5",
+            _norm_case((4, 6), fresh=True),
+            seed=191,
+        ),
+        Case(
+            "batched",
+            "x: float32 (2, 5, 12), gamma, beta: (12,), eps = 1e-5",
+            _norm_case((2, 5, 12)),
+            seed=192,
+            points=2.0,
+        ),
+        Case(
+            "large_eps",
+            "x: float32 (3, 7) with small spread 0.2, gamma, beta: (7,), eps = 0.1",
+            _norm_case((3, 7), eps=0.1, scale=0.2),
+            seed=193,
+        ),
+        Case(
+            "offset_inputs",
+            "x: float32 (3, 8) around 10 with spread 1, gamma, beta: (8,), eps = 1e-5",
+            _norm_case((3, 8), scale=1.0, offset=10.0),
+            seed=194,
+        ),
+    ),
+    invariants=(normalised_mean_zero(),),
+    mistakes=(
+        Mistake(
+            "unbiased variance",
+            "Layer norm uses the biased variance, dividing by d (np.var's default, ddof=0; torch's "
+            "unbiased=False), not by d - 1.",
+            lambda x, gamma, beta, eps: _layer_norm(x, gamma, beta, eps, ddof=1),
+        ),
+        Mistake(
+            "normalised over the wrong axis",
+            "Each token is normalised over its own features, the last axis: mean and variance with axis=-1 and "
+            "keepdims=True, not over the positions or the batch.",
+            lambda x, gamma, beta, eps: _layer_norm(x, gamma, beta, eps, axis=0 if x.ndim == 2 else -2),
+        ),
+        Mistake(
+            "eps outside the square root",
+            "eps goes inside the square root: (x - mean) / sqrt(variance + eps), not / (sqrt(variance) + eps).",
+            lambda x, gamma, beta, eps: _layer_norm(x, gamma, beta, eps, eps_inside=False),
+        ),
+        Mistake(
+            "eps left out",
+            "Add eps to the variance before the square root: (x - mean) / sqrt(variance + eps).",
+            lambda x, gamma, beta, eps: _layer_norm(x, gamma, beta, 0.0),
+        ),
+        Mistake(
+            "gamma and beta swapped",
+            "gamma scales and beta shifts: gamma * normalised + beta.",
+            lambda x, gamma, beta, eps: _layer_norm(x, beta, gamma, eps),
+        ),
+    ),
+    hints={
+        "values": "Per token (last axis, keepdims=True): mean, then the variance of x - mean (divide by d), then "
+        "(x - mean) / sqrt(variance + eps), then * gamma + beta. Compute the variance from x - mean (or np.var): "
+        "mean(x**2) - mean(x)**2 loses digits in float32 when x is far from 0.",
+        "shape": "Layer norm keeps the shape of x; gamma and beta (d,) broadcast along the last axis.",
+        "dtype": "Keep x's dtype: gamma, beta and x share it, and eps is a Python float.",
+    },
+)
+
+
+# --------------------------------------------------------------------------- the MLP
+
+
+def _mlp_case(shape, hidden, dtype=np.float32):
+    def make(rng):
+        d = shape[-1]
+        x = _normal(rng, shape, dtype)
+        W1 = (_normal(rng, (d, hidden), np.float64) / math.sqrt(d)).astype(dtype)
+        b1 = (0.1 * _normal(rng, (hidden,), np.float64)).astype(dtype)
+        W2 = (_normal(rng, (hidden, d), np.float64) / math.sqrt(hidden)).astype(dtype)
+        b2 = (0.1 * _normal(rng, (d,), np.float64)).astype(dtype)
+        return x, W1, b1, W2, b2
+
+    return make
+
+
+def _exact_gelu(h):
+    erf = np.vectorize(math.erf, otypes=[np.float64])
+    return (0.5 * h * (1.0 + erf(h / math.sqrt(2.0)))).astype(h.dtype)
+
+
+FEED_FORWARD = Exercise(
+    name="feed_forward",
+    function="feed_forward",
+    params=("x", "W1", "b1", "W2", "b2"),
+    lesson=LESSON,
+    reference=_feed_forward,
+    cases=(
+        Case(
+            "block_sizes",
+            "x: float32 (2, 5, 6), W1: (6, 24), b1: (24,), W2: (24, 6), b2: (6,)",
+            _mlp_case((2, 5, 6), 24),
+            seed=195,
+        ),
+        Case(
+            "narrow_hidden",
+            "x: float32 (4, 3), W1: (3, 7), b1: (7,), W2: (7, 3), b2: (3,)",
+            _mlp_case((4, 3), 7),
+            seed=196,
+        ),
+        Case(
+            "float64",
+            "x: float64 (3, 8), W1: (8, 32), b1: (32,), W2: (32, 8), b2: (8,)",
+            _mlp_case((3, 8), 32, np.float64),
+            seed=197,
+        ),
+    ),
+    mistakes=(
+        Mistake(
+            "ReLU instead of GELU",
+            "Use GELU, 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3))), not ReLU: it is smooth and lets small "
+            "negative values through.",
+            lambda x, W1, b1, W2, b2: _feed_forward(x, W1, b1, W2, b2, activation=lambda h: np.maximum(h, 0)),
+        ),
+        Mistake(
+            "exact GELU",
+            "This exercise uses GELU's tanh form, 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3))) "
+            "(torch's nn.GELU(approximate='tanh')); the erf form differs by up to about 1e-3.",
+            lambda x, W1, b1, W2, b2: _feed_forward(x, W1, b1, W2, b2, activation=_exact_gelu),
+        ),
+        Mistake(
+            "activation after the second layer too",
+            "The non-linearity sits between the two linear maps only: gelu(x W1 + b1) W2 + b2, with nothing "
+            "applied to the result.",
+            lambda x, W1, b1, W2, b2: _feed_forward(x, W1, b1, W2, b2, after=_gelu),
+        ),
+        Mistake(
+            "no activation",
+            "Apply GELU to the hidden layer: without a non-linearity the two linear maps collapse into one.",
+            lambda x, W1, b1, W2, b2: _feed_forward(x, W1, b1, W2, b2, activation=lambda h: h),
+        ),
+    ),
+    hints={
+        "raised": "x (..., d) @ W1 (d, hidden) gives (..., hidden); b1 (hidden,) adds by broadcasting; "
+        "then @ W2 (hidden, d) and + b2 (d,).",
+        "shape": "The MLP keeps the shape of x, (..., d): up to the hidden width and back.",
+        "dtype": "Keep x's dtype: use math.sqrt(2 / math.pi) (a Python float), not np.sqrt, for the constant.",
+    },
+)
+
+
+# --------------------------------------------------------------------------- the residual step
+
+
+def _residual_case(shape, hidden, dtype=np.float32):
+    norm, mlp = _norm_case(shape, dtype=dtype), _mlp_case(shape, hidden, dtype)
+
+    def make(rng):
+        x, gamma, beta, _ = norm(rng)
+        _, W1, b1, W2, b2 = mlp(rng)
+        return x, gamma, beta, W1, b1, W2, b2
+
+    return make
+
+
+def _pre_ln(x, gamma, beta, W1, b1, W2, b2):
+    return x + _feed_forward(_layer_norm(x, gamma, beta, EPS), W1, b1, W2, b2)
+
+
+def _normalised_residual(x, gamma, beta, W1, b1, W2, b2):
+    normalised = _layer_norm(x, gamma, beta, EPS)
+    return normalised + _feed_forward(normalised, W1, b1, W2, b2)
+
+
+RESIDUAL = Exercise(
+    name="pre_ln_feed_forward",
+    function="pre_ln_feed_forward",
+    params=("x", "gamma", "beta", "W1", "b1", "W2", "b2"),
+    lesson=LESSON,
+    reference=_pre_ln,
+    cases=(
+        Case(
+            "block_sizes",
+            "x: float32 (2, 5, 6), gamma, beta: (6,), W1: (6, 24), b1: (24,), W2: (24, 6), b2: (6,)",
+            _residual_case((2, 5, 6), 24),
+            seed=198,
+        ),
+        Case(
+            "single_sequence",
+            "x: float32 (7, 4), gamma, beta: (4,), W1: (4, 16), b1: (16,), W2: (16, 4), b2: (4,)",
+            _residual_case((7, 4), 16),
+            seed=199,
+        ),
+        Case(
+            "float64",
+            "x: float64 (3, 8), gamma, beta: (8,), W1: (8, 5), b1: (5,), W2: (5, 8), b2: (8,)",
+            _residual_case((3, 8), 5, np.float64),
+            seed=200,
+        ),
+    ),
+    mistakes=(
+        Mistake(
+            "post-LN",
+            "Pre-LN normalises the sub-layer's input and leaves the residual sum alone: x + MLP(LN(x)). "
+            "LN(x + MLP(x)) is the original 2017 (post-LN) order.",
+            lambda x, gamma, beta, W1, b1, W2, b2: _layer_norm(
+                x + _feed_forward(x, W1, b1, W2, b2), gamma, beta, EPS
+            ),
+        ),
+        Mistake(
+            "no residual connection",
+            "Add the sub-layer's result to its input: x + MLP(LN(x)). The residual stream carries x through.",
+            lambda x, gamma, beta, W1, b1, W2, b2: _feed_forward(_layer_norm(x, gamma, beta, EPS), W1, b1, W2, b2),
+        ),
+        Mistake(
+            "normalised x added back",
+            "The residual adds the block's input x itself, not its normalised version: x + MLP(LN(x)), "
+            "not LN(x) + MLP(LN(x)).",
+            _normalised_residual,
+        ),
+        Mistake(
+            "layer norm skipped",
+            "Normalise before the MLP: x + MLP(LN(x)), with LN using gamma, beta and eps = 1e-5.",
+            lambda x, gamma, beta, W1, b1, W2, b2: x + _feed_forward(x, W1, b1, W2, b2),
+        ),
+    ),
+    hints={
+        "raised": "Reuse your layer_norm (with eps=1e-5) and feed_forward from exercises 1 and 2.",
+        "shape": "Every step keeps the shape of x, (..., d).",
+        "values": "Check layer_norm and feed_forward with their own tests first; then the step is one line, "
+        "x + feed_forward(layer_norm(x, gamma, beta, 1e-5), W1, b1, W2, b2).",
+    },
+)
+
+EXERCISES = (LAYER_NORM, FEED_FORWARD, RESIDUAL)
