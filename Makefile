@@ -16,7 +16,7 @@ LAB_FLAGS := --ServerApp.root_dir=. --ServerApp.default_url=/lab/tree/notebooks
 NBVAL_FLAGS := --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
 	--nbval-cell-timeout=120 -n 2 --dist loadscope -p no:randomly
 
-.PHONY: install lab test lint unit exercises-check notebooks solutions check-env clean
+.PHONY: install lab test lint unit grader exercises-check notebooks solutions check-env clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,15 +39,20 @@ lab: install
 check-env: install
 	$(BIN)/python -m attn_course.check_env
 
-test: lint unit exercises-check notebooks solutions
+test: lint unit grader exercises-check notebooks solutions
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check attn_course tests
 
-# loadfile: one worker per test file, so the grader's tests share one batch of kernels (tests/test_grader.py).
+# The unit tests: the package against torch and float64 formulas, fast (no notebook kernels).
 unit: install
-	$(BIN)/pytest tests -n 2 -q --dist loadfile
+	$(BIN)/pytest tests -n 2 -q --dist loadfile -m "not grader"
+
+# The grader's self-test: masters full, exercises zero, adversarial and wrong submissions (runs kernels).
+# loadfile: one worker per test file, so the grader's tests share one batch of kernels (tests/test_grader.py).
+grader: install
+	$(BIN)/pytest tests -n 2 -q --dist loadfile -m grader
 
 # exercises/ must be exactly what solutions/ generates (python -m attn_course.assign rewrites it).
 exercises-check: install
