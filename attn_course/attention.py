@@ -7,9 +7,17 @@ the scores are scaled (so their spread does not grow with ``d``), turned into
 weights by a softmax over the keys, and the output row is the weighted sum of
 the value rows. Shapes follow torch: ``q (..., L, d)``, ``k (..., S, d)``,
 ``v (..., S, dv)`` give an output ``(..., L, dv)`` and weights ``(..., L, S)``.
+
+The code below is the array-API version (NumPy, CuPy, torch alike): it builds
+the ``(..., L, S)`` scores and weights. For NumPy inputs, when the weights are
+not asked for, the same formula runs through a CPU fast path
+(``_numpy_attention``: threads over heads, cache-sized blocks of query rows,
+causal blocks cut at the diagonal) that returns the same numbers to rounding.
 """
 
 from __future__ import annotations
+
+import array_api_compat
 
 from ._checks import (
     as_array,
@@ -24,6 +32,7 @@ from ._checks import (
     require_same_dtype,
     shape_of,
 )
+from ._numpy_attention import dense_attention
 from .backend import get_namespace
 from .masks import causal, materialize
 from .softmax import masked_softmax
@@ -94,10 +103,16 @@ def scaled_dot_product_attention(q, k, v, mask=None, *, is_causal=False, scale=N
         get_namespace(q, mask)  # one library for all inputs
     L, d = shape_of(q)[-2:]
     S = shape_of(k)[-2]
-    mask = attention_mask(mask, is_causal, batch, L, S, xp, like=q)
+    is_causal = check_bool("is_causal", is_causal)
+    if mask is not None:
+        mask = check_mask(mask, (*batch, L, S), "the attention scores (..., L, S)", xp)
     scale = check_scale(scale, d)
     return_weights = check_bool("return_weights", return_weights)
 
+    if not return_weights and all(array_api_compat.is_numpy_array(x) for x in (q, k, v, mask) if x is not None):
+        return dense_attention(q, k, v, mask, is_causal, scale, batch).astype(q.dtype, copy=False)
+
+    mask = attention_mask(mask, is_causal, batch, L, S, xp, like=q)
     work = compute_dtype(q.dtype, xp)
     q_, k_, v_ = xp.astype(q, work), xp.astype(k, work), xp.astype(v, work)
     scores = (q_ @ xp.matrix_transpose(k_)) * scale  # (..., L, S)

@@ -12,11 +12,20 @@ def main(argv=None) -> int:
     suites = parser.add_subparsers(dest="suite", required=True)
     lessons = suites.add_parser("notebooks", help="wall time of each lesson notebook, run top to bottom")
     lessons.add_argument("paths", nargs="*", type=Path, help="notebooks to time (default: every lesson)")
+    cpu = suites.add_parser("cpu", help="dense, tiled, sparse and linear attention on the CPU, against the goals")
+    cpu.add_argument("--quick", action="store_true", help="small sizes: a check that the suite runs, in seconds")
+    cpu.add_argument(
+        "--out", type=Path, default=None, help="folder for the CSV files and the plot (benchmarks/results)"
+    )
     args = parser.parse_args(argv)
     if args.suite == "notebooks":
         from .notebooks import run
 
         run(args.paths or None)
+    elif args.suite == "cpu":
+        from .cpu import DEFAULT_OUT, run
+
+        run(quick=args.quick, out=args.out or DEFAULT_OUT)
     return 0
 
 

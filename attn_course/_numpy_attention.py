@@ -1,0 +1,117 @@
+"""The fast path of dense attention for NumPy arrays (private).
+
+Same mathematics as ``scaled_dot_product_attention``'s array-API code, laid
+out for a CPU:
+
+* **Threads over heads and row blocks.** Every ``(batch..., block of query
+  rows)`` is an independent job (``_parallel.parallel_for``): BLAS and the
+  ufuncs release the GIL, so the jobs run on all cores.
+* **Cache-sized row blocks.** A block of ``R`` query rows produces scores
+  ``(R, S)`` of about 2 MiB, which stay in the CPU's caches (here 1 MiB of L2
+  per core, 32 MiB of shared L3) through the softmax passes (max, subtract,
+  exp, sum) instead of streaming an ``(L, S)`` matrix through main memory four
+  times. The passes work in place (``out=``). (Measured: 2 MiB blocks beat
+  256-512 KiB ones, whose matrix products have too few rows to be efficient.)
+* **Less work per element.** The scale multiplies ``q`` (``R x d`` numbers)
+  rather than the scores (``R x S``); the softmax's division is applied to the
+  output rows (``R x dv``) rather than to the weights (``R x S``):
+
+      out_i = sum_j exp(s_ij - m_i) v_j / sum_j exp(s_ij - m_i)
+
+* **Causal row blocks stop at the diagonal.** Rows ``[r0, r1)`` only look at
+  keys ``j < r1``, and only the last ``r1 - r0`` of them need the mask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._parallel import batch_index_tuples, parallel_for
+
+__all__ = ["dense_attention", "rows_per_block", "softmax_rows_into"]
+
+SCORE_BLOCK_BYTES = 2 * 1024 * 1024  # a block of scores that stays in cache
+PARALLEL_MIN_PAIRS = 1 << 20  # below this many (query, key) pairs in all, threads cost more than they save
+
+
+def rows_per_block(S: int, itemsize: int = 4) -> int:
+    """Query rows per block: scores ``(rows, S)`` of about ``SCORE_BLOCK_BYTES``, 32 to 512 rows.
+
+    At least 32 rows keep the matrix products efficient for long ``S``.
+    """
+    return int(min(512, max(32, SCORE_BLOCK_BYTES // (itemsize * max(S, 1)))))
+
+
+def softmax_rows_into(q_rows, keys_t, values, out, masked_parts=()):
+    """``out[:] = softmax(q_rows @ keys_t) @ values`` for one block of query rows; NumPy, in place.
+
+    q_rows: (R, d), already multiplied by the scale; keys_t: (d, C); values: (C, dv);
+    out: (R, dv) array to write, of the same dtype.
+    masked_parts: ``(columns, allowed)`` pairs, ``columns`` a slice of the C
+        keys and ``allowed`` boolean (R, width of the slice); keys outside
+        every part are all allowed. Only these parts are masked: a causal
+        block, or the partial tiles of a sparse pattern, not the whole row.
+    A row that may attend to nothing gets a zero output row.
+    """
+    scores = q_rows @ keys_t  # (R, C)
+    for columns, allowed in masked_parts:
+        np.copyto(scores[:, columns], -np.inf, where=~allowed)
+    row_max = np.max(scores, axis=1, keepdims=True)  # (R, 1)
+    if masked_parts:
+        row_max[row_max == -np.inf] = 0.0  # nothing allowed: exp(-inf - 0) = 0 below, not NaN
+    np.subtract(scores, row_max, out=scores)
+    np.exp(scores, out=scores)  # unnormalised weights
+    totals = np.sum(scores, axis=1, keepdims=True)  # (R, 1)
+    np.matmul(scores, values, out=out)  # (R, dv)
+    if masked_parts:
+        totals[totals == 0] = 1.0  # those rows are all zero already
+    out /= totals
+
+
+def dense_attention(q, k, v, mask, is_causal: bool, scale: float, batch: tuple[int, ...]):
+    """``softmax(q k^T * scale) v`` for checked NumPy inputs; the result is float32 for float16 inputs.
+
+    q: (..., L, d), k: (..., S, d), v: (..., S, dv); mask: None or boolean,
+    broadcastable to (*batch, L, S); is_causal: keys ``j <= i`` only.
+    Returns out (*batch, L, dv) in the compute dtype.
+    """
+    work = np.float32 if q.dtype == np.float16 else q.dtype
+    q, k, v = (np.asarray(x, dtype=work) for x in (q, k, v))
+    L, d = q.shape[-2:]
+    S, dv = v.shape[-2:]
+    queries = np.broadcast_to(q, (*batch, L, d))  # views: nothing is copied
+    keys = np.broadcast_to(k, (*batch, S, d))
+    values = np.broadcast_to(v, (*batch, S, dv))
+    masks = None if mask is None else np.broadcast_to(mask, (*batch, L, S))
+    out = np.empty((*batch, L, dv), dtype=work)
+    block_rows = rows_per_block(S, np.dtype(work).itemsize)
+
+    below_diagonal = None
+    if is_causal:  # every diagonal block has the same triangle: key j - start <= query i - start
+        below_diagonal = np.arange(block_rows)[None, :] <= np.arange(block_rows)[:, None]  # (R, R)
+
+    def job(item):
+        index, start = item
+        stop = min(L, start + block_rows)
+        keys_end = min(S, stop) if is_causal else S  # a causal row i < stop sees keys j <= i only
+        masked_parts = []
+        if masks is not None:
+            masked_parts.append((slice(0, keys_end), masks[index][start:stop, :keys_end]))  # (R, keys_end)
+        if is_causal and start < keys_end:  # the block reaches the diagonal: mask the columns j >= start
+            triangle = below_diagonal[: stop - start, : keys_end - start]
+            if masked_parts:
+                combined = masked_parts[0][1].copy()
+                combined[:, start:] &= triangle
+                masked_parts = [(slice(0, keys_end), combined)]
+            else:
+                masked_parts.append((slice(start, keys_end), triangle))
+        q_rows = queries[index][start:stop] * np.asarray(scale, dtype=work)  # (R, d)
+        keys_t, values_rows = keys[index][:keys_end].T, values[index][:keys_end]  # (d, keys_end), (keys_end, dv)
+        softmax_rows_into(q_rows, keys_t, values_rows, out[index][start:stop], masked_parts)
+
+    jobs = [(index, start) for index in batch_index_tuples(batch) for start in range(0, L, block_rows)]
+    if is_causal:  # the last rows see the most keys: hand them out first, so that no thread finishes alone
+        jobs.sort(key=lambda item: -item[1])
+    total_pairs = L * S * int(np.prod(batch, dtype=np.int64))
+    parallel_for(job, jobs, parallel=total_pairs >= PARALLEL_MIN_PAIRS)
+    return out
