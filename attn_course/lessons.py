@@ -45,7 +45,11 @@ def execute_notebook(path, *, write: bool = False, timeout: int = CELL_TIMEOUT_S
     notebook = nbformat.read(path, as_version=4)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     client = NotebookClient(
-        notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        notebook,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],  # the kernel's start-up notices are not the lesson's
     )
     start = time.perf_counter()
     client.execute()
