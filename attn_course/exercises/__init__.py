@@ -42,6 +42,9 @@ LESSON_MODULES = (
     "multihead",
     "positions",
     "block",
+    "sparse_patterns",
+    "tiling",
+    "linear",
 )
 
 

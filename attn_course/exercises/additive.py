@@ -197,8 +197,7 @@ ADDITIVE = Exercise(
         Mistake("no tanh", NO_TANH, _additive_variant(squash=lambda h: h)),
         Mistake(
             "softmax over the queries",
-            "The softmax runs over the keys, the last axis of the scores (..., L, S): each query's weights "
-            "sum to 1.",
+            "The softmax runs over the keys, the last axis of the scores (..., L, S): each query's weights sum to 1.",
             _additive_variant(axis=-2),
         ),
         Mistake(

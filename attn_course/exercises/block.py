@@ -284,9 +284,7 @@ RESIDUAL = Exercise(
             "post-LN",
             "Pre-LN normalises the sub-layer's input and leaves the residual sum alone: x + MLP(LN(x)). "
             "LN(x + MLP(x)) is the original 2017 (post-LN) order.",
-            lambda x, gamma, beta, W1, b1, W2, b2: _layer_norm(
-                x + _feed_forward(x, W1, b1, W2, b2), gamma, beta, EPS
-            ),
+            lambda x, gamma, beta, W1, b1, W2, b2: _layer_norm(x + _feed_forward(x, W1, b1, W2, b2), gamma, beta, EPS),
         ),
         Mistake(
             "no residual connection",

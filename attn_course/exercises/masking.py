@@ -40,7 +40,7 @@ CAUSAL = Exercise(
     function="causal_mask",
     params=("n",),
     lesson=LESSON,
-    reference=lambda n: masks.causal_mask(n),
+    reference=masks.causal_mask,
     cases=(
         Case("six_tokens", "n = 6", lambda rng: (6,), seed=161),
         Case("one_token", "n = 1: a single token sees itself", lambda rng: (1,), seed=162),
@@ -95,7 +95,7 @@ PADDING = Exercise(
     function="padding_mask",
     params=("lengths", "n"),
     lesson=LESSON,
-    reference=lambda lengths, n: masks.padding_mask(lengths, n),
+    reference=masks.padding_mask,
     cases=(
         Case("lesson_batch", "lengths: int64 [6, 2, 4], n = 6", _lengths_and_n([6, 2, 4], 6), seed=164),
         Case(

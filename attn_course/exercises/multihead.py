@@ -83,7 +83,7 @@ SPLIT = Exercise(
     function="split_heads",
     params=("x", "num_heads"),
     lesson=LESSON,
-    reference=lambda x, num_heads: reference_split(x, num_heads),
+    reference=reference_split,
     cases=(
         Case("single", "x: float32 (3, 8), num_heads = 2 -> (2, 3, 4)", _split_case((3, 8), 2), seed=171),
         Case("batched", "x: float32 (2, 5, 12), num_heads = 4 -> (2, 4, 5, 3)", _split_case((2, 5, 12), 4), seed=172),
@@ -121,7 +121,7 @@ MERGE = Exercise(
     function="merge_heads",
     params=("x",),
     lesson=LESSON,
-    reference=lambda x: reference_merge(x),
+    reference=reference_merge,
     cases=(
         Case("single", "x: float32 (2, 3, 4) -> (3, 8)", lambda rng: (_normal(rng, (2, 3, 4)),), seed=174),
         Case("batched", "x: float32 (2, 4, 5, 3) -> (2, 5, 12)", lambda rng: (_normal(rng, (2, 4, 5, 3)),), seed=175),
@@ -241,8 +241,7 @@ MHA = Exercise(
         "type": "Return both results as a tuple: return output, weights.",
         "raised": "Project first (x @ W_q is (..., L, d_model)), then split into heads (..., h, L, head_dim); "
         "transpose only the last two axes of k.",
-        "shape": "The output is (..., L, d_model) like x; the weights hold one (L, L) matrix per head: "
-        "(..., h, L, L).",
+        "shape": "The output is (..., L, d_model) like x; the weights hold one (L, L) matrix per head: (..., h, L, L).",
         "values": "Go step by step: q, k, v = split_heads(x @ W, num_heads); per-head attention with the scale "
         "1/sqrt(head_dim); merge_heads; then @ W_o. Check split_heads and merge_heads with their own tests first.",
     },

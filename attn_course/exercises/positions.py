@@ -15,8 +15,6 @@ halves, RoPE pairs ``(i, i + d/2)``, a frequency of ``i/d`` instead of
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..positions import apply_rope as reference_rope
@@ -60,7 +58,7 @@ def pairs_on_the_unit_circle() -> Invariant:
 
     def violation(outputs, args, tol):
         encoding = outputs[0]
-        n, d = encoding.shape
+        _n, _d = encoding.shape
         lengths = np.hypot(encoding[:, 0::2], encoding[:, 1::2])  # (n, d/2)
         bad = np.abs(lengths - 1) > 10 * tol["atol"] + tol["rtol"]
         if bool(np.any(bad)):
@@ -176,7 +174,7 @@ ROPE = Exercise(
     function="apply_rope",
     params=("x", "positions"),
     lesson=LESSON,
-    reference=lambda x, positions: reference_rope(x, positions),
+    reference=reference_rope,
     cases=(
         Case(
             "in_order",

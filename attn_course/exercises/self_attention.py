@@ -165,8 +165,7 @@ LAYER = Exercise(
         ),
         Mistake(
             "softmax over the queries",
-            "The softmax runs over the keys, the last axis of the scores (..., L, L): each row of weights sums "
-            "to 1.",
+            "The softmax runs over the keys, the last axis of the scores (..., L, L): each row of weights sums to 1.",
             _layer_variant(axis=-2),
         ),
         Mistake("scaled by sqrt(d_model)", SCALE_HINT, _layer_variant(scale="d_model")),

@@ -88,8 +88,7 @@ DOT = Exercise(
     hints={
         "raised": "For batched inputs transpose only the last two axes of k: np.swapaxes(k, -1, -2) "
         "(k.T reverses every axis, the batch axis included).",
-        "shape": "q (..., L, d) @ k^T (..., d, S) gives (..., L, S): L queries (q.shape[-2]) by S keys "
-        "(k.shape[-2]).",
+        "shape": "q (..., L, d) @ k^T (..., d, S) gives (..., L, S): L queries (q.shape[-2]) by S keys (k.shape[-2]).",
     },
 )
 
