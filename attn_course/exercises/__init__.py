@@ -42,7 +42,9 @@ LESSON_MODULES = (
     "multihead",
     "positions",
     "block",
+    "cost",
     "sparse_patterns",
+    "block_sparse",
     "tiling",
     "linear",
 )

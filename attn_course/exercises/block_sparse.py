@@ -1,0 +1,224 @@
+"""Exercises of lesson 12, making sparsity pay: ``solutions/12_making_sparsity_pay.ipynb``.
+
+* ``block_layout(mask, block)``: from a boolean ``(L, S)`` mask, the boolean
+  ``(ceil(L / block), ceil(S / block))`` layout that is ``True`` where a
+  ``block x block`` tile holds at least one allowed pair (the last row and
+  column of tiles may be partial);
+* ``block_sparse_attention(q, k, v, layout, block)``: attention computed only
+  on the tiles the layout marks, every pair of a marked tile allowed.
+
+References: ``attn_course.masks.block_layout`` and
+``attn_course.block_sparse_attention`` without an element mask. Layouts are
+compared exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import masks
+from ..sparse import block_sparse_attention as reference_block_sparse
+from .attention import _normal
+from .core import Case, Exercise, Mistake
+
+__all__ = ["EXERCISES"]
+
+LESSON = "12_making_sparsity_pay"
+
+
+# --------------------------------------------------------------------------- the layout
+
+
+def _layout(mask, block, *, reduce=np.any, floor=False, transpose=False):
+    mask = np.asarray(mask, dtype=bool)
+    L, S = mask.shape
+    rows, cols = (L // block, S // block) if floor else (-(-L // block), -(-S // block))
+    layout = np.zeros((rows, cols), dtype=bool)
+    for r in range(rows):
+        for c in range(cols):
+            layout[r, c] = reduce(mask[r * block : (r + 1) * block, c * block : (c + 1) * block])
+    return layout.T if transpose else layout
+
+
+def _mask_case(make_mask, block):
+    return lambda rng: (make_mask(rng), block)
+
+
+LAYOUT = Exercise(
+    name="block_layout",
+    function="block_layout",
+    params=("mask", "block"),
+    lesson=LESSON,
+    reference=masks.block_layout,
+    cases=(
+        Case(
+            "sliding_window",
+            "mask: sliding window (16, 16), window 2; block = 4",
+            _mask_case(lambda rng: masks.sliding_window_mask(16, 2), 4),
+            seed=1201,
+        ),
+        Case(
+            "causal_partial_tiles",
+            "mask: causal (10, 10); block = 4: the last row and column of tiles hold 2 positions",
+            _mask_case(lambda rng: masks.causal_mask(10), 4),
+            seed=1202,
+            points=2.0,
+        ),
+        Case(
+            "rectangular_sparse",
+            "mask: random sparse (9, 14); block = 3",
+            _mask_case(lambda rng: rng.random((9, 14)) < 0.06, 3),
+            seed=1203,
+            points=2.0,
+        ),
+    ),
+    mistakes=(
+        Mistake(
+            "all instead of any",
+            "A tile must be computed as soon as it holds ONE allowed pair: reduce each tile with .any(), not .all().",
+            lambda mask, block: _layout(mask, block, reduce=np.all),
+        ),
+        Mistake(
+            "layout transposed",
+            "Rows of the layout are blocks of queries (rows of the mask), columns are blocks of keys: "
+            "layout[r, c] looks at mask[r*block:(r+1)*block, c*block:(c+1)*block].",
+            lambda mask, block: _layout(mask, block, transpose=True),
+        ),
+    ),
+    hints={
+        "dtype": "The layout holds booleans: reduce each tile with .any(), which returns a bool.",
+        "shape": "One entry per tile, partial tiles included: (ceil(L / block), ceil(S / block)), e.g. "
+        "-(-L // block) or math.ceil(L / block); L // block drops the last, partial tile. Rows are "
+        "blocks of queries, columns blocks of keys.",
+    },
+)
+
+
+# --------------------------------------------------------------------------- block-sparse attention
+
+
+def _token_mask(layout, block, L, S):
+    return np.repeat(np.repeat(np.asarray(layout, dtype=bool), block, axis=0), block, axis=1)[:L, :S]
+
+
+def _softmax(scores):
+    shifted = scores - scores.max(axis=-1, keepdims=True)
+    weights = np.exp(shifted)
+    return weights / weights.sum(axis=-1, keepdims=True)
+
+
+def _dense_masked(q, k, v, keep, scale=True):
+    factor = 1.0 / math.sqrt(q.shape[-1]) if scale else 1.0
+    scores = (q @ np.swapaxes(k, -1, -2)) * factor
+    scores = np.where(keep, scores, -np.inf)
+    return (_softmax(scores) @ v).astype(q.dtype)
+
+
+def _no_scale(q, k, v, layout, block):
+    return _dense_masked(q, k, v, _token_mask(layout, block, q.shape[-2], k.shape[-2]), scale=False)
+
+
+def _ignore_layout(q, k, v, layout, block):
+    return _dense_masked(q, k, v, np.ones((q.shape[-2], k.shape[-2]), dtype=bool))
+
+
+def _softmax_per_tile(q, k, v, layout, block):
+    """Each marked tile normalised on its own, and the tiles' outputs added."""
+    L = q.shape[-2]
+    out = np.zeros((*q.shape[:-1], v.shape[-1]))
+    factor = 1.0 / math.sqrt(q.shape[-1])
+    for r, c in np.argwhere(np.asarray(layout, dtype=bool)):
+        rows = slice(r * block, min(L, (r + 1) * block))
+        cols = slice(c * block, (c + 1) * block)
+        scores = (q[..., rows, :] @ np.swapaxes(k[..., cols, :], -1, -2)) * factor
+        out[..., rows, :] += _softmax(scores) @ v[..., cols, :]
+    return out.astype(q.dtype)
+
+
+def _layout_case(batch, L, S, d, dv, block, layout_rule, dtype=np.float32):
+    """q, k, v and a layout in which every row of tiles marks at least one tile."""
+
+    def make(rng):
+        q = _normal(rng, (*batch, L, d), dtype)
+        k = (_normal(rng, (*batch, S, d), dtype) * 1.5).astype(dtype)
+        v = _normal(rng, (*batch, S, dv), dtype)
+        rows, cols = -(-L // block), -(-S // block)
+        layout = layout_rule(rng, rows, cols)
+        return q, k, v, layout, block
+
+    return make
+
+
+def _banded(rng, rows, cols):
+    r, c = np.arange(rows)[:, None], np.arange(cols)[None, :]
+    return np.abs(r - c) <= 1
+
+
+def _random_layout(rng, rows, cols):
+    layout = rng.random((rows, cols)) < 0.4
+    layout[np.arange(rows), rng.integers(0, cols, size=rows)] = True  # at least one tile per row
+    return layout
+
+
+ATTENTION = Exercise(
+    name="block_sparse_attention",
+    function="block_sparse_attention",
+    params=("q", "k", "v", "layout", "block"),
+    lesson=LESSON,
+    reference=reference_block_sparse,
+    cases=(
+        Case(
+            "banded_layout",
+            "q: float32 (12, 4), k: (12, 4), v: (12, 3), block = 4; layout (3, 3): the diagonal tiles and "
+            "their neighbours",
+            _layout_case((), 12, 12, 4, 3, 4, _banded),
+            seed=1211,
+        ),
+        Case(
+            "partial_tiles",
+            "q: float32 (7, 5), k: (10, 5), v: (10, 6), block = 3; random layout (3, 4), the last row and "
+            "column of tiles partial",
+            _layout_case((), 7, 10, 5, 6, 3, _random_layout),
+            seed=1212,
+            points=2.0,
+        ),
+        Case(
+            "batched_heads",
+            "q: float32 (2, 3, 8, 6), k: (2, 3, 9, 6), v: (2, 3, 9, 2), block = 2; random layout (4, 5), "
+            "the same for every batch element and head",
+            _layout_case((2, 3), 8, 9, 6, 2, 2, _random_layout),
+            seed=1213,
+            points=2.0,
+        ),
+    ),
+    mistakes=(
+        Mistake(
+            "no scaling",
+            "Scale the scores by 1 / sqrt(d), d = q.shape[-1], as dense attention does.",
+            _no_scale,
+        ),
+        Mistake(
+            "layout ignored",
+            "That is dense attention over every key: a query may only use the keys of the tiles marked in its "
+            "row of tiles, layout[i // block, j // block].",
+            _ignore_layout,
+        ),
+        Mistake(
+            "softmax per tile",
+            "Normalise over all the kept keys of a query row at once: gather the keys of every marked tile in "
+            "the row of tiles, then take ONE softmax over them, not one softmax per tile.",
+            _softmax_per_tile,
+        ),
+    ),
+    hints={
+        "shape": "The output has one row per query and one column per value feature: (..., L, dv).",
+        "dtype": "Keep q's dtype: float32 in, float32 out (math.sqrt(d), not np.sqrt(d); or .astype(q.dtype) at "
+        "the end).",
+        "nonfinite": "Every row of tiles here marks at least one tile, so no query is left without keys: "
+        "look for a softmax over scores that are all -inf.",
+    },
+)
+
+EXERCISES = (LAYOUT, ATTENTION)

@@ -1,0 +1,122 @@
+"""Exercises of lesson 10, the cost of attention: ``solutions/10_the_cost_of_attention.ipynb``.
+
+* ``attention_flops(B, H, N, d)``: the floating-point operations of the two
+  matrix products of dense attention, ``4 * B * H * N**2 * d``;
+* ``score_matrix_bytes(B, H, N, itemsize)``: the bytes of the score matrices
+  of one layer, ``B * H * N**2 * itemsize``.
+
+Both take Python ``int``s and return a 0-d NumPy float64 array (the grader
+records arrays only; a float64 also holds the large counts exactly). The
+references are the formulas of the lesson's sections 1 and 5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .core import Case, Exercise, Mistake
+
+__all__ = ["EXERCISES"]
+
+LESSON = "10_the_cost_of_attention"
+
+TYPE_HINT = (
+    "Return a 0-d NumPy float64 array, not a Python number or a NumPy scalar: "
+    "return np.asarray(value, dtype=np.float64)."
+)
+
+
+def _as_result(value) -> np.ndarray:
+    return np.asarray(float(value), dtype=np.float64)
+
+
+def _flops(B, H, N, d, *, factor=4, power=2, heads=True):
+    return _as_result(factor * B * (H if heads else 1) * N**power * d)
+
+
+FLOPS = Exercise(
+    name="attention_flops",
+    function="attention_flops",
+    params=("B", "H", "N", "d"),
+    lesson=LESSON,
+    reference=_flops,
+    cases=(
+        Case("small_layer", "B = 2, H = 3, N = 5, d = 7", lambda rng: (2, 3, 5, 7), seed=1001),
+        Case(
+            "lesson_layer",
+            "B = 1, H = 8, N = 4096, d = 64: the lesson's layer",
+            lambda rng: (1, 8, 4096, 64),
+            seed=1002,
+        ),
+        Case(
+            "long_sequence",
+            "B = 3, H = 12, N = 65536, d = 96: far beyond 2**31",
+            lambda rng: (3, 12, 65536, 96),
+            seed=1003,
+            points=2.0,
+        ),
+    ),
+    mistakes=(
+        Mistake(
+            "2 instead of 4",
+            "There are TWO matrix products (Q K^T and W V), each of N^2 d multiply-adds, and a multiply-add is "
+            "2 FLOPs: 4 B H N^2 d in all.",
+            lambda B, H, N, d: _flops(B, H, N, d, factor=2),
+        ),
+        Mistake(
+            "N instead of N squared",
+            "Every query meets every key: the scores are (N, N), so the count grows with N**2, not N.",
+            lambda B, H, N, d: _flops(B, H, N, d, power=1),
+        ),
+        Mistake(
+            "heads forgotten",
+            "Each of the H heads has its own scores and output: multiply by H as well as by B.",
+            lambda B, H, N, d: _flops(B, H, N, d, heads=False),
+        ),
+    ),
+    hints={"type": TYPE_HINT, "shape": "Return a single number as a 0-d array: np.asarray(value, dtype=np.float64)."},
+)
+
+
+def _bytes(B, H, N, itemsize, *, power=2, heads=True, item=True):
+    return _as_result(B * (H if heads else 1) * N**power * (itemsize if item else 1))
+
+
+BYTES = Exercise(
+    name="score_matrix_bytes",
+    function="score_matrix_bytes",
+    params=("B", "H", "N", "itemsize"),
+    lesson=LESSON,
+    reference=_bytes,
+    cases=(
+        Case("small_float32", "B = 2, H = 3, N = 5, itemsize = 4", lambda rng: (2, 3, 5, 4), seed=1011),
+        Case(
+            "long_float16",
+            "B = 1, H = 8, N = 65536, itemsize = 2: the lesson's 64k tokens in half precision",
+            lambda rng: (1, 8, 65536, 2),
+            seed=1012,
+            points=2.0,
+        ),
+        Case("batched_float64", "B = 4, H = 6, N = 300, itemsize = 8", lambda rng: (4, 6, 300, 8), seed=1013),
+    ),
+    mistakes=(
+        Mistake(
+            "N instead of N squared",
+            "A score matrix holds one number per (query, key) pair: N * N of them per head.",
+            lambda B, H, N, itemsize: _bytes(B, H, N, itemsize, power=1),
+        ),
+        Mistake(
+            "heads forgotten",
+            "Each head has its own (N, N) score matrix: B * H of them in all.",
+            lambda B, H, N, itemsize: _bytes(B, H, N, itemsize, heads=False),
+        ),
+        Mistake(
+            "numbers, not bytes",
+            "That is the count of numbers: multiply by itemsize, the bytes of one number (4 for float32).",
+            lambda B, H, N, itemsize: _bytes(B, H, N, itemsize, item=False),
+        ),
+    ),
+    hints={"type": TYPE_HINT, "shape": "Return a single number as a 0-d array: np.asarray(value, dtype=np.float64)."},
+)
+
+EXERCISES = (FLOPS, BYTES)
