@@ -7,7 +7,7 @@ import pytest
 
 from attn_course.backend import asarray, to_numpy
 from attn_course.positions import apply_rope, sinusoidal_encoding
-from tests.support import BACKENDS, FLOAT_DTYPES, assert_close, random_array, same_library
+from tests.support import BACKENDS, FLOAT_DTYPES, TOLERANCES, assert_close, random_array, same_library
 
 N, D = 7, 10  # positions and features of the encodings: unique sizes
 L, D_ROPE = 5, 6  # sequence length and (even) feature size for RoPE
@@ -144,7 +144,7 @@ def rotated_score(q, k, m, n):
 def test_rope_scores_depend_only_on_the_offset(rng, offset):
     q, k = rng.standard_normal(D_ROPE), rng.standard_normal(D_ROPE)
     scores = [rotated_score(q, k, n + offset, n) for n in (0, 1, 5, 17, 250)]
-    np.testing.assert_allclose(scores, scores[0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(scores, scores[0], **TOLERANCES[np.dtype(np.float64)])
     others = [rotated_score(q, k, offset + other, 0) for other in (1, 2, 7)]  # other offsets give other scores
     assert all(abs(score - scores[0]) > 1e-6 for score in others)
 
