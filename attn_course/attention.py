@@ -40,13 +40,14 @@ from .softmax import masked_softmax
 __all__ = ["scaled_dot_product_attention"]
 
 
-def check_qkv(q, k, v, names=("q", "k", "v"), same_feature_size=True):
+def check_qkv(q, k, v, names=("q", "k", "v"), same_feature_size=True, check_finite=True):
     """Validate ``q (..., L, d)``, ``k (..., S, d)``, ``v (..., S, dv)``.
 
     ``names`` are the argument names used in messages; with
     ``same_feature_size=False`` q and k may differ in their last axis (additive
     attention projects them first). Returns ``(q, k, v, xp, batch)`` where
-    ``batch`` is the broadcast of their leading dimensions.
+    ``batch`` is the broadcast of their leading dimensions. ``check_finite=False``
+    leaves the values for the caller to check (see ``require_all_finite``).
     """
     q_name, k_name, v_name = names
     q, k, v = as_float_array(q_name, q), as_float_array(k_name, k), as_float_array(v_name, v)
@@ -69,9 +70,24 @@ def check_qkv(q, k, v, names=("q", "k", "v"), same_feature_size=True):
         if 0 in shape_of(x)[-2:]:
             raise ValueError(f"{name} has an empty sequence or feature axis: shape {shape_of(x)}")
     batch = broadcast_batch(**{q_name: shape_of(q)[:-2], k_name: shape_of(k)[:-2], v_name: shape_of(v)[:-2]})
-    for name, x in ((q_name, q), (k_name, k), (v_name, v)):
-        require_finite(name, x, xp)
+    if check_finite:
+        require_all_finite(xp, **{q_name: q, k_name: k, v_name: v})
     return q, k, v, xp, batch
+
+
+def require_all_finite(xp, **arrays):
+    """Refuse NaN and infinities in any of ``arrays``, with one question to the device.
+
+    On a GPU each ``bool()`` waits for the device, so one combined test comes
+    first; only when something is wrong is each argument looked at to name it.
+    """
+    flags = [xp.all(xp.isfinite(x)) for x in arrays.values()]
+    all_finite = flags[0]
+    for flag in flags[1:]:
+        all_finite = all_finite & flag
+    if not bool(all_finite):
+        for name, x in arrays.items():
+            require_finite(name, x, xp)
 
 
 def attention_mask(mask, is_causal, batch, L: int, S: int, xp, like):

@@ -55,6 +55,12 @@ def _describe(x) -> str:
     return f"{name} of shape {tuple(shape)}" if shape is not None else name
 
 
+# The namespace of an array type never changes for these libraries: remember it (a GPU
+# function's host time is mostly such bookkeeping, and array_namespace probes many libraries).
+_CACHEABLE_LIBRARIES = ("numpy", "cupy", "torch")
+_NAMESPACE_OF_TYPE: dict[type, object] = {}
+
+
 def get_namespace(*arrays):
     """The array namespace (NumPy-, CuPy- or torch-flavoured Array API) of the inputs.
 
@@ -65,14 +71,20 @@ def get_namespace(*arrays):
     present = [a for a in arrays if a is not None]
     if not present:
         raise TypeError("get_namespace() needs at least one array; got none")
+    kind = type(present[0])
+    if kind in _NAMESPACE_OF_TYPE and all(type(a) is kind for a in present):
+        return _NAMESPACE_OF_TYPE[kind]  # the common case, without array_namespace's many probes
     try:
-        return array_api_compat.array_namespace(*present)
+        namespace = array_api_compat.array_namespace(*present)
     except TypeError as err:
         seen = ", ".join(_describe(a) for a in present)
         raise TypeError(
             f"expected arrays of one library (NumPy, CuPy or torch); got {seen}. "
             "Convert them to one library first, e.g. attn_course.asarray(x, backend='numpy')"
         ) from err
+    if all(type(a) is kind for a in present) and kind.__module__.split(".")[0] in _CACHEABLE_LIBRARIES:
+        _NAMESPACE_OF_TYPE[kind] = namespace
+    return namespace
 
 
 def gpu_status() -> tuple[bool, str]:
