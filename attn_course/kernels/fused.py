@@ -1,0 +1,302 @@
+"""Fused attention on the GPU: one kernel launch, the (L, S) scores never stored.
+
+    out[..., i, :] = sum_j softmax_j(q_i . k_j * scale) v_j
+
+computed by the CUDA C kernels beside this file, compiled at run time by CuPy
+(NVRTC) and cached:
+
+- ``attention_fp32.cu``: float32 on the CUDA cores;
+- ``attention_fp16.cu``: float16 on the tensor cores (``mma.sync``, inline PTX,
+  so no CUDA header is needed), accumulating in float32.
+
+Both are the online softmax of ``attn_course.tiled_attention`` with tiles of
+64 queries x 64 keys held in shared memory; causal tiles above the diagonal
+and tiles a block layout leaves out are never visited. Nothing here imports
+CuPy until a function is called; calling one with anything but CuPy arrays
+raises a ``TypeError`` that says why (and, on a machine without a usable GPU,
+what is missing).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import array_api_compat
+import numpy as np
+
+from .._checks import check_scale, shape_of
+from ..attention import check_qkv
+from ..backend import gpu_status
+from ..sparse import _check_layout
+
+__all__ = ["KERNEL_TILE", "SUPPORTED_HEAD_DIMS", "block_sparse_fused_attention", "fused_attention", "kernel_source"]
+
+KERNEL_TILE = 64  # queries per thread block and keys per tile, in both kernels
+SUPPORTED_HEAD_DIMS = (64, 128)
+_KERNELS = {  # dtype -> (source file, kernel template, threads per block)
+    "float32": ("attention_fp32.cu", "attention_fp32", 256),
+    "float16": ("attention_fp16.cu", "attention_fp16", 128),
+}
+_LOG2_E = 1.4426950408889634  # the kernels work with exp2: exp(x) = exp2(x * log2(e))
+
+
+def kernel_source(dtype="float32") -> str:
+    """The CUDA C source of the kernel for ``dtype`` ("float32" or "float16"), to read."""
+    name = np.dtype(dtype).name
+    if name not in _KERNELS:
+        raise ValueError(f"dtype must be float32 or float16; got {dtype!r}")
+    return (Path(__file__).parent / _KERNELS[name][0]).read_text()
+
+
+def _shared_bytes(dtype_name: str, head_dim: int) -> int:
+    """Dynamic shared memory per block, as the kernels carve it (see the .cu files)."""
+    if dtype_name == "float32":  # Q^T, K^T (D x 68), P (64 x 68), V (64 x D), floats
+        return 4 * ((2 * head_dim + KERNEL_TILE) * (KERNEL_TILE + 4) + KERNEL_TILE * head_dim)
+    return 2 * 4 * KERNEL_TILE * (head_dim + 8)  # two buffers of K and of V, halves
+
+
+@functools.cache
+def _compiled_kernel(dtype_name: str, head_dim: int, device_id: int):
+    """Compile (once per dtype, head size and device; CuPy also caches on disk) and return the kernel."""
+    import cupy
+
+    _, template, _ = _KERNELS[dtype_name]
+    name = f"{template}<{head_dim}>"
+    # No include paths: the kernels use inline PTX instead of CUDA headers, so nothing
+    # depends on where (or whether) the CUDA toolkit is installed. CuPy adds -arch itself.
+    shared = (Path(__file__).parent / "key_tiles.cuh").read_text()  # helpers both kernels use
+    module = cupy.RawModule(
+        code=shared + kernel_source(dtype_name), options=("--std=c++17", "--use_fast_math"), name_expressions=[name]
+    )
+    kernel = module.get_function(name)
+    kernel.max_dynamic_shared_size_bytes = _shared_bytes(dtype_name, head_dim)
+    return kernel
+
+
+@functools.cache
+def _unused_tile_list(device_id: int):
+    import cupy
+
+    return cupy.zeros(1, dtype=cupy.int32)
+
+
+def _require_gpu_arrays(function: str, **arrays):
+    """CuPy arrays (which exist only where CuPy has a GPU), or a clear error naming the argument."""
+    for name, x in arrays.items():
+        if not array_api_compat.is_cupy_array(x):
+            usable, reason = gpu_status()  # only on this error path: probing the device is slow
+            where = "" if usable else f" This machine cannot run it: {reason}."
+            raise TypeError(
+                f"{function} runs on the GPU and takes CuPy arrays; {name} is {type(x).__module__}."
+                f"{type(x).__name__}. Move it with attn_course.asarray({name}, backend='cupy'), or use "
+                f"attn_course.tiled_attention (the same algorithm in NumPy) on the CPU.{where}"
+            )
+
+
+def _prepare(function: str, q, k, v):
+    """Checked inputs as contiguous, aligned ``(BH, L, D)`` arrays, plus what the launch needs."""
+    _require_gpu_arrays(function, q=q, k=k, v=v)
+    # Values are checked after the launch (_refuse_non_finite), so that the host's wait
+    # for that answer overlaps the kernel instead of delaying it.
+    q, k, v, xp, batch = check_qkv(q, k, v, check_finite=False)
+    dtype_name = np.dtype(q.dtype).name
+    if dtype_name not in _KERNELS:
+        raise TypeError(
+            f"{function} computes in float16 or float32; got q, k, v of dtype {dtype_name} "
+            "(convert with .astype(cupy.float32))"
+        )
+    d, dv = int(q.shape[-1]), int(v.shape[-1])
+    if d != dv or d not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(
+            f"{function} supports head sizes d = dv in {SUPPORTED_HEAD_DIMS}; got q {shape_of(q)} and "
+            f"v {shape_of(v)}. Use attn_course.scaled_dot_product_attention for other sizes"
+        )
+    L, S = int(q.shape[-2]), int(k.shape[-2])
+    heads = math.prod(batch)
+    if heads > 65535:
+        raise ValueError(f"{function}: the batch dimensions hold {heads} (batch, head) pairs; at most 65535")
+
+    def flat(x, n):  # (..., n, D) -> (BH, n, D), contiguous and 16-byte aligned for vector loads
+        if x.shape != (*batch, n, d):
+            x = xp.broadcast_to(x, (*batch, n, d))
+        x = x.reshape(heads, n, d)  # a view when x is contiguous, else a copy
+        if not x.flags.c_contiguous or x.data.ptr % 16:
+            x = x.copy(order="C")
+        return x
+
+    return flat(q, L), flat(k, S), flat(v, S), batch, L, S, d, dtype_name
+
+
+def _refuse_non_finite(q3, k3, v3):
+    """After the launch: NaN or infinities in the inputs raise, naming the argument.
+
+    One small kernel (finite_check.cu) tests all three arrays and one number comes
+    back: the host waits for the GPU once, while the attention kernel runs.
+    """
+    import cupy
+
+    found = cupy.zeros(1, dtype=cupy.int32)
+    kernel = _finite_check_kernel(q3.dtype.name, cupy.cuda.Device().id)
+    sizes = [np.int64(x.nbytes // 16) for x in (q3, k3, v3)]  # whole 16-byte pieces: rows are 128 or 256 bytes
+    kernel((4 * _multiprocessors(),), (256,), (q3, sizes[0], k3, sizes[1], v3, sizes[2], found))
+    bits = int(found.get()[0])
+    for bit, name, x in ((1, "q", q3), (2, "k", k3), (4, "v", v3)):
+        if bits & bit:
+            raise ValueError(
+                f"{name} contains NaN or infinite values (shape {shape_of(x)}); attention needs finite inputs"
+            )
+
+
+@functools.cache
+def _finite_check_kernel(dtype_name: str, device_id: int):
+    import cupy
+
+    name = f"find_non_finite<{'true' if dtype_name == 'float16' else 'false'}>"
+    source = (Path(__file__).parent / "finite_check.cu").read_text()
+    return cupy.RawModule(code=source, options=("--std=c++17",), name_expressions=[name]).get_function(name)
+
+
+@functools.cache
+def _multiprocessors() -> int:
+    import cupy
+
+    return int(cupy.cuda.Device().attributes["MultiProcessorCount"])
+
+
+def _launch(q3, k3, v3, L, S, d, dtype_name, scale, lo, hi, tiles=None, out=None):
+    """Run the kernel on ``(BH, n, D)`` arrays; ``tiles`` = (tile_ptr, tile_idx) CSR or None (a range)."""
+    import cupy
+
+    kernel = _compiled_kernel(dtype_name, d, cupy.cuda.Device().id)
+    heads = int(q3.shape[0])
+    if out is None:
+        out = cupy.empty((heads, L, d), dtype=q3.dtype)
+    if tiles is None:
+        tile_ptr = tile_idx = _unused_tile_list(cupy.cuda.Device().id)  # the kernel visits a range
+        use_list = 0
+    else:
+        tile_ptr, tile_idx = tiles
+        use_list = 1
+    threads = _KERNELS[dtype_name][2]
+    grid = (math.ceil(L / KERNEL_TILE), heads)
+    scale_log2 = np.float32(scale * _LOG2_E)
+    args = (q3, k3, v3, out, np.int32(L), np.int32(S), scale_log2, np.int32(lo), np.int32(hi), np.int32(use_list))
+    kernel(grid, (threads,), (*args, tile_ptr, tile_idx), shared_mem=_shared_bytes(dtype_name, d))
+    return out
+
+
+def fused_attention(q, k, v, *, is_causal=False, scale=None):
+    """``softmax(q k^T * scale) v`` in one fused GPU kernel (CuPy arrays in and out).
+
+    q: (..., L, d), k: (..., S, d), v: (..., S, d), float16 or float32 CuPy
+    arrays, d = 64 or 128; leading dimensions broadcast. is_causal: query i
+    sees keys j <= i (top-left aligned, as in ``scaled_dot_product_attention``);
+    key tiles entirely above the diagonal are skipped. scale: default 1/sqrt(d).
+    Returns out (..., L, d) of the input dtype; float16 accumulates in float32.
+    Memory: the output only; no (L, S) array exists at any time.
+    """
+    if not isinstance(is_causal, (bool, np.bool_)):
+        raise TypeError(f"is_causal must be True or False; got {is_causal!r}")
+    q3, k3, v3, batch, L, S, d, dtype_name = _prepare("fused_attention", q, k, v)
+    scale = check_scale(scale, d)
+    lo, hi = (0, L) if is_causal else (-S, L)  # allowed when lo <= i - j <= hi
+    out = _launch(q3, k3, v3, L, S, d, dtype_name, scale, lo, hi)
+    _refuse_non_finite(q3, k3, v3)
+    return out.reshape(*batch, L, d)
+
+
+def _offset_range(mask, L: int, S: int) -> tuple[int, int]:
+    """``(lo, hi)`` for ``mask`` (see ``_find_offset_range``), remembered per mask and lengths."""
+    try:
+        return _cached_offset_range(mask, L, S)
+    except TypeError as err:  # an unhashable mask (an array) cannot be a key: find out why below
+        if "unhashable" not in str(err):
+            raise
+        return _find_offset_range(mask, L, S)
+
+
+def _find_offset_range(mask, L: int, S: int) -> tuple[int, int]:
+    """``(lo, hi)`` with ``mask(i, j) == (lo <= i - j <= hi)``, from a predicate's offset rule."""
+    offset_rule = getattr(mask, "offset_rule", None)
+    if offset_rule is None:
+        kind = "an array" if array_api_compat.is_array_api_obj(mask) else f"{mask!r}"
+        raise TypeError(
+            "mask must be None or a predicate that depends only on i - j, such as masks.causal() or "
+            f"masks.sliding_window(w); got {kind}. attn_course.block_sparse_attention takes any mask"
+        )
+    offsets = np.arange(-(S - 1), L)  # every i - j that occurs
+    allowed = np.flatnonzero(np.asarray(offset_rule(offsets), dtype=bool))
+    if allowed.size == 0:
+        return 1, 0  # nothing allowed: every row is zero
+    if allowed[-1] - allowed[0] + 1 != allowed.size:
+        raise ValueError(
+            f"the fused kernel needs a mask that allows one contiguous range of offsets i - j; {mask} "
+            "allows several (a dilated window?). Use attn_course.block_sparse_attention for it"
+        )
+    return int(offsets[allowed[0]]), int(offsets[allowed[-1]])
+
+
+_cached_offset_range = functools.lru_cache(maxsize=64)(_find_offset_range)
+
+
+@functools.lru_cache(maxsize=32)
+def _tile_lists(
+    layout_bits: bytes, layout_shape: tuple, block_size: int, L: int, S: int, lo: int, hi: int, device_id: int
+):
+    """The kernel's tiles (64 x 64) of a block layout, as CSR on the GPU: (tile_ptr, tile_idx).
+
+    Remembered per layout (its packed bits), lengths and offset range: a model calls the
+    same pattern again and again, and building the lists costs host time and a copy.
+    """
+    import cupy
+
+    count = layout_shape[0] * layout_shape[1]
+    layout = np.unpackbits(np.frombuffer(layout_bits, dtype=np.uint8), count=count).astype(bool).reshape(layout_shape)
+    # The layout in kernel tiles: each block covers (block_size / 64)^2 tiles.
+    per_block = block_size // KERNEL_TILE
+    rows, cols = math.ceil(L / KERNEL_TILE), math.ceil(S / KERNEL_TILE)
+    tiles = np.repeat(np.repeat(layout, per_block, axis=0), per_block, axis=1)[:rows, :cols]
+    # Drop tiles the offset rule excludes entirely: tile (r, c) holds offsets i - j in
+    # [64r - 64c - 63, 64r - 64c + 63].
+    tile_offset = KERNEL_TILE * (np.arange(rows)[:, None] - np.arange(cols)[None, :])
+    tiles = tiles & (tile_offset + KERNEL_TILE - 1 >= lo) & (tile_offset - (KERNEL_TILE - 1) <= hi)
+    tile_ptr = np.concatenate([[0], np.cumsum(tiles.sum(axis=1))]).astype(np.int32)
+    tile_idx = np.nonzero(tiles)[1].astype(np.int32)  # row-major: each row's key tiles, in order
+    if tile_idx.size == 0:
+        tile_idx = np.zeros(1, np.int32)  # never read; a kernel argument cannot be empty
+    return cupy.asarray(tile_ptr), cupy.asarray(tile_idx)
+
+
+def block_sparse_fused_attention(q, k, v, layout, block_size, mask=None, *, scale=None):
+    """Attention on the GPU over the blocks ``layout`` marks only, in one fused kernel.
+
+    The GPU twin of ``attn_course.block_sparse_attention``. q: (..., L, d),
+    k, v: (..., S, d), float16 or float32 CuPy arrays, d = 64 or 128.
+    layout: boolean (ceil(L / block_size), ceil(S / block_size)), True = compute
+    this block (NumPy or CuPy; ``masks.block_layout`` builds one). block_size: a
+    multiple of 64, the kernel's tile. mask: None (every pair of a marked block),
+    or a predicate that depends on i - j only and allows one range of offsets
+    (``masks.causal()``, ``masks.sliding_window(w)``, ``sliding_window(w, causal=True)``),
+    applied inside the marked blocks. Returns out (..., L, d); a query with no
+    allowed key gets a zero row. Time and memory grow with the marked blocks.
+    """
+    q3, k3, v3, batch, L, S, d, dtype_name = _prepare("block_sparse_fused_attention", q, k, v)
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
+        raise TypeError(f"block_size must be an integer; got {block_size!r}")
+    if block_size <= 0 or block_size % KERNEL_TILE:
+        raise ValueError(
+            f"block_size must be a positive multiple of {KERNEL_TILE} (the kernel's tile); got {block_size}"
+        )
+    layout = _check_layout(layout, int(block_size), L, S)
+    scale = check_scale(scale, d)
+    lo, hi = (-S, L) if mask is None else _offset_range(mask, L, S)
+
+    import cupy
+
+    # The layout's bits (8x smaller than its booleans) are the cache key: cheap to hash.
+    csr = _tile_lists(np.packbits(layout).tobytes(), layout.shape, int(block_size), L, S, lo, hi, cupy.cuda.Device().id)
+    out = _launch(q3, k3, v3, L, S, d, dtype_name, scale, lo, hi, tiles=csr)
+    _refuse_non_finite(q3, k3, v3)
+    return out.reshape(*batch, L, d)
