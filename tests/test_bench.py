@@ -48,3 +48,64 @@ def test_measuring_functions():
     assert cpu.loglog_slope([1, 2, 4, 8], [3, 12, 48, 192]) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         cpu.time_attention(print, repeats=0)
+
+
+def synthetic_gpu_records():
+    """Records shaped like the GPU suite's, with made-up timings (this tests the file handling, not a GPU)."""
+    from attn_course.bench import gpu
+
+    records = []
+    for N in gpu.SIZES:
+        for impl, dtype, ms, window in (
+            ("fused_attention", "float32", 4.0, None),
+            ("fused_attention", "float16", 1.0, None),
+            ("torch_sdpa_flash", "float16", 0.5, None),
+            ("block_sparse_fused_attention", "float16", 0.1, gpu.WINDOW),
+        ):
+            B = gpu.TOKENS // N
+            flops = gpu.attention_flops(B, gpu.HEADS, N, 64, False)
+            records.append({
+                "impl": impl, "dtype": dtype, "B": B, "H": gpu.HEADS, "N": N, "d": 64, "causal": False,
+                "window": window, "ms": ms * N / 1024, "tflops": None if window else flops / (ms * N / 1024e3) / 1e12,
+                "device": "Test Card 9000", "versions": {"torch": "x", "cupy": "y"},
+                "date": "2026-11-28T00:00:00+00:00",
+                "rel_error": 1e-6, "peak_mib": 1.0, "error": None,
+            })  # fmt: skip
+    return records
+
+
+def test_gpu_goals_files_and_plot_from_records(tmp_path):
+    from attn_course.bench import gpu
+
+    records = synthetic_gpu_records()
+    goal_list = gpu.goals(records)
+    by_name = {g["goal"].split(",")[0]: g for g in goal_list}
+    fp32 = next(r for r in records if r["impl"] == "fused_attention" and r["dtype"] == "float32" and r["N"] == 4096)
+    assert by_name["fused_attention fp32"]["value"] == pytest.approx(fp32["tflops"])
+    assert by_name["fused_attention fp16 / torch SDPA flash throughput"]["value"] == pytest.approx(0.5)
+    assert by_name["torch flash dense / block_sparse_fused_attention fp16"]["value"] == pytest.approx(5.0)
+    assert all(line.endswith(("met", "NOT met", "not measured")) for line in gpu.format_goals(goal_list))
+    results, goals_path = gpu.write_results(records, goal_list, tmp_path)
+    assert results.name == "test-card-9000.json" and goals_path.exists()
+    assert gpu.load_results(results) == records
+    fig = gpu.plot_results(records, tmp_path / "plot.png")
+    assert "Test Card 9000" in fig._suptitle.get_text()
+    assert (tmp_path / "plot.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_gpu_suite_without_a_gpu_says_so(capsys):
+    from attn_course.backend import gpu_available
+
+    if gpu_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["gpu", "--quick"]) == 2
+    assert "No usable GPU here" in capsys.readouterr().out
+
+
+def test_load_results_refuses_other_files(tmp_path):
+    from attn_course.bench import gpu
+
+    path = tmp_path / "x.json"
+    path.write_text("{}")
+    with pytest.raises(ValueError, match="benchmark records"):
+        gpu.load_results(path)

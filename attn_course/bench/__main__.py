@@ -17,6 +17,11 @@ def main(argv=None) -> int:
     cpu.add_argument(
         "--out", type=Path, default=None, help="folder for the CSV files and the plot (benchmarks/results)"
     )
+    gpu = suites.add_parser("gpu", help="fused CuPy kernels against naive CuPy, torch SDPA and FlexAttention")
+    gpu.add_argument("--quick", action="store_true", help="N = 1024, d = 64 only: a check that the suite runs")
+    gpu.add_argument(
+        "--out", type=Path, default=None, help="folder for the JSON records and the plot (benchmarks/results)"
+    )
     args = parser.parse_args(argv)
     if args.suite == "notebooks":
         from .notebooks import run
@@ -26,6 +31,10 @@ def main(argv=None) -> int:
         from .cpu import DEFAULT_OUT, run
 
         run(quick=args.quick, out=args.out or DEFAULT_OUT)
+    elif args.suite == "gpu":
+        from .gpu import DEFAULT_OUT, run
+
+        return run(quick=args.quick, out=args.out or DEFAULT_OUT)
     return 0
 
 
