@@ -54,14 +54,25 @@ def _check_lengths(name: str, lengths, batch: int, n: int) -> torch.Tensor:
     return lengths
 
 
+def _check_mask_arguments(lengths_name: str, lengths, size_name: str, size) -> None:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"{size_name} must be a positive integer; got {size!r}")
+    if not isinstance(lengths, torch.Tensor) or lengths.dtype not in (torch.int32, torch.int64) or lengths.ndim != 1:
+        raise TypeError(f"{lengths_name} must be a 1-d integer torch tensor (B,); got {lengths!r}")
+    if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > size):
+        raise ValueError(f"{lengths_name} must lie in 0..{size_name}={size}; got {lengths.tolist()}")
+
+
 def source_padding_mask(source_lengths: torch.Tensor, num_sources: int) -> torch.Tensor:
     """(B, 1, 1, S) boolean: True on the first ``source_lengths[b]`` keys, the real source characters."""
+    _check_mask_arguments("source_lengths", source_lengths, "num_sources", num_sources)
     positions = torch.arange(num_sources, device=source_lengths.device)  # (S,)
     return (positions < source_lengths[:, None])[:, None, None, :]  # (B, 1, 1, S)
 
 
 def decoder_self_mask(target_lengths: torch.Tensor, num_targets: int) -> torch.Tensor:
     """(B, 1, T, T) boolean: key ``j`` allowed to query ``i`` when ``j <= i`` (causal) AND ``j < target_lengths[b]``."""
+    _check_mask_arguments("target_lengths", target_lengths, "num_targets", num_targets)
     positions = torch.arange(num_targets, device=target_lengths.device)  # (T,)
     causal = positions[None, :] <= positions[:, None]  # (T, T): key j <= query i
     real = positions < target_lengths[:, None]  # (B, T): real target positions
