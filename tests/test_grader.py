@@ -31,6 +31,7 @@ MASTER_02 = "02_softmax_temperature_and_scaling.ipynb"
 MASTER_03 = "03_scaled_dot_product_attention.ipynb"
 MASTER_06 = "06_masking.ipynb"
 MASTER_07 = "07_multi_head_attention.ipynb"
+MASTER_16 = "16_application_translation.ipynb"
 CELL_TIMEOUT = 5
 MASTERS = assign.find_masters()
 
@@ -212,6 +213,41 @@ def multi_head_attention(x, W_q, W_k, W_v, W_o, num_heads):
         {
             "merge_heads: batched": "merged in the wrong order",
             "multi_head_attention: single": "not 1/sqrt(d_model)",
+        },
+    ),
+    "wrong_16": (  # a causal cross-attention mask, and greedy decoding that never pads; cross-attention right
+        MASTER_16,
+        {
+            "decoder_masks": """
+def decoder_masks(target_lengths, source_lengths, num_targets, num_sources):
+    i, j = np.arange(num_targets)[:, None], np.arange(num_targets)[None, :]
+    self_mask = (j <= i) & (j < target_lengths[:, None, None, None])
+    s = np.arange(num_sources)[None, :]
+    cross_mask = (s <= i) & (s < source_lengths[:, None, None, None])
+    return self_mask, cross_mask
+""",
+            "multi_head_cross_attention": """
+def multi_head_cross_attention(y, memory, W_q, W_k, W_v, W_o, num_heads, cross_mask):
+    q = split_heads(y @ W_q, num_heads)
+    k, v = split_heads(memory @ W_k, num_heads), split_heads(memory @ W_v, num_heads)
+    out, w = scaled_dot_product_attention(q, k, v, cross_mask, return_weights=True)
+    return merge_heads(out) @ W_o, w
+""",
+            "greedy_decode": """
+def greedy_decode(step_scores, bos, eos, pad):
+    B, steps = step_scores.shape[:2]
+    tokens = np.full((B, 1), bos)
+    for t in range(steps):
+        tokens = np.concatenate([tokens, step_scores[np.arange(B), t, tokens[:, -1]].argmax(-1)[:, None]], axis=1)
+        if (tokens == eos).any(axis=1).all():
+            break
+    return tokens[:, 1:]
+""",
+        },
+        5,
+        {
+            "decoder_masks: lesson_batch": "Cross-attention is not causal",
+            "greedy_decode: all_end": "Once a sequence has written <eos>",
         },
     ),
 }

@@ -47,6 +47,7 @@ LESSON_MODULES = (
     "block_sparse",
     "tiling",
     "linear",
+    "translation",
 )
 
 

@@ -334,7 +334,7 @@ def _matches(got: tuple, wrong: tuple) -> bool:
         other = np.asarray(wrong_output)
         if not isinstance(actual, np.ndarray) or actual.shape != other.shape:
             return False
-        if actual.dtype.kind not in "fb" or other.dtype.kind not in "fb":
+        if actual.dtype.kind not in "fbiu" or other.dtype.kind not in "fbiu":  # integer ids compare exactly too
             return False
         tol = _tolerance(actual.dtype)
         with np.errstate(all="ignore"):

@@ -152,11 +152,15 @@ MERGE = Exercise(
 # --------------------------------------------------------------------------- multi-head attention
 
 
+def bias_free_layer(W_q, W_k, W_v, W_o, num_heads) -> MultiHeadAttention:
+    """The package's ``MultiHeadAttention`` without biases, holding exactly these weights."""
+    layer = MultiHeadAttention.__new__(MultiHeadAttention)
+    layer._set_parameters(num_heads, {"q": W_q, "k": W_k, "v": W_v, "o": W_o}, None, W_q.dtype, None)
+    return layer
+
+
 def _reference_mha(x, W_q, W_k, W_v, W_o, num_heads):
-    layer = MultiHeadAttention.__new__(MultiHeadAttention)  # bias-free, holding exactly these weights
-    weights = {"q": W_q, "k": W_k, "v": W_v, "o": W_o}
-    layer._set_parameters(num_heads, weights, None, W_q.dtype, None)
-    return layer(x, return_weights=True)
+    return bias_free_layer(W_q, W_k, W_v, W_o, num_heads)(x, return_weights=True)
 
 
 def _mha_case(L, d_model, num_heads, batch=(), dtype=np.float32):
