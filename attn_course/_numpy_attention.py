@@ -52,20 +52,52 @@ def softmax_rows_into(q_rows, keys_t, values, out, masked_parts=()):
         every part are all allowed. Only these parts are masked: a causal
         block, or the partial tiles of a sparse pattern, not the whole row.
     A row that may attend to nothing gets a zero output row.
+
+    Subtracting each row's maximum before ``exp`` (lesson 02) only keeps the
+    exponentials from overflowing; the weights are the same without it. So the
+    block is first computed without that pass (one read and one write of the
+    ``(R, C)`` scores saved) and each row's sum is checked: a row whose sum
+    overflowed, underflowed towards zero or was empty, or whose output is not
+    finite, is computed again the stable way. With scores of ordinary size
+    (attention's scaled dot products) no row needs it.
     """
     scores = q_rows @ keys_t  # (R, C)
+    _mask_into(scores, masked_parts)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        np.exp(scores, out=scores)  # unnormalised weights, unless a row overflows
+        totals = np.sum(scores, axis=1, keepdims=True)  # (R, 1)
+        np.matmul(scores, values, out=out)  # (R, dv)
+        out /= totals
+    unsafe = ~((totals[:, 0] >= _SMALLEST_SAFE_TOTAL) & (totals[:, 0] <= _LARGEST_SAFE_TOTAL))  # NaN is unsafe
+    unsafe |= ~np.isfinite(out).all(axis=1)
+    if unsafe.any():
+        rows = np.flatnonzero(unsafe)
+        parts = [(columns, allowed[rows]) for columns, allowed in masked_parts]
+        out[rows] = _stable_softmax_rows(q_rows[rows], keys_t, values, parts)
+
+
+# A row sum in this range means no exponential overflowed, and the largest terms are normal
+# numbers (not denormals that lost precision): the fast path's result is exact to rounding.
+_SMALLEST_SAFE_TOTAL = 1e-20
+_LARGEST_SAFE_TOTAL = 1e30
+
+
+def _mask_into(scores, masked_parts):
     for columns, allowed in masked_parts:
         np.copyto(scores[:, columns], -np.inf, where=~allowed)
+
+
+def _stable_softmax_rows(q_rows, keys_t, values, masked_parts):
+    """The textbook stable computation (subtract each row's maximum) for a few rows: (R, dv)."""
+    scores = q_rows @ keys_t  # (R, C)
+    _mask_into(scores, masked_parts)
     row_max = np.max(scores, axis=1, keepdims=True)  # (R, 1)
-    if masked_parts:
-        row_max[row_max == -np.inf] = 0.0  # nothing allowed: exp(-inf - 0) = 0 below, not NaN
+    row_max[row_max == -np.inf] = 0.0  # nothing allowed: exp(-inf - 0) = 0 below, not NaN
     np.subtract(scores, row_max, out=scores)
-    np.exp(scores, out=scores)  # unnormalised weights
-    totals = np.sum(scores, axis=1, keepdims=True)  # (R, 1)
-    np.matmul(scores, values, out=out)  # (R, dv)
-    if masked_parts:
-        totals[totals == 0] = 1.0  # those rows are all zero already
-    out /= totals
+    np.exp(scores, out=scores)
+    totals = np.sum(scores, axis=1, keepdims=True)
+    totals[totals == 0] = 1.0  # rows with nothing allowed are all zero already
+    return (scores @ values) / totals
 
 
 def dense_attention(q, k, v, mask, is_causal: bool, scale: float, batch: tuple[int, ...]):

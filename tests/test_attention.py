@@ -111,6 +111,27 @@ def test_fully_masked_rows_give_zeros_not_nan(rng, backend):
     assert_close(out[ok], torch_reference(q, k, v, mask_np).numpy()[ok])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [300.0, -300.0], ids=["overflowing", "underflowing"])
+def test_extreme_scores_take_the_stable_path(rng, size, dtype):
+    # The NumPy path first computes exp(scores) without subtracting the row maximum and
+    # checks each row's sum; rows whose scores are huge (exp overflows) or all very negative
+    # (exp underflows) must be recomputed the stable way and still match torch.
+    q, k, v = qkv(rng, (2,), dtype)
+    q[0, :3] *= abs(size)  # a few rows with very large scores of both signs
+    if size < 0:
+        k = k.copy()
+        q[1] = 0.0
+        k[1] = -1.0
+        q[1, :, 0] = abs(size)  # sequence 1: every score of every row is very negative
+        k[1, :, 1:] = 0.0
+    mask = random_mask(rng, (2, L, S))
+    with np.errstate(over="raise", divide="raise", invalid="raise"):  # the fast path must not leak warnings
+        out = sdpa(q, k, v, mask)
+    assert np.isfinite(out).all()
+    assert_close(out, torch_reference(q, k, v, mask))
+
+
 def test_torch_tensors_in_torch_tensors_out(rng):
     q, k, v = (torch.from_numpy(a) for a in qkv(rng, (2,), np.float32))
     out = sdpa(q, k, v, is_causal=True)
