@@ -28,7 +28,7 @@ import numpy as np
 
 from ._parallel import batch_index_tuples, parallel_for
 
-__all__ = ["dense_attention", "rows_per_block", "softmax_rows_into"]
+__all__ = ["LARGEST_SAFE_TOTAL", "SMALLEST_SAFE_TOTAL", "dense_attention", "rows_per_block", "softmax_rows_into"]
 
 SCORE_BLOCK_BYTES = 2 * 1024 * 1024  # a block of scores that stays in cache
 PARALLEL_MIN_PAIRS = 1 << 20  # below this many (query, key) pairs in all, threads cost more than they save
@@ -68,7 +68,7 @@ def softmax_rows_into(q_rows, keys_t, values, out, masked_parts=()):
         totals = np.sum(scores, axis=1, keepdims=True)  # (R, 1)
         np.matmul(scores, values, out=out)  # (R, dv)
         out /= totals
-    unsafe = ~((totals[:, 0] >= _SMALLEST_SAFE_TOTAL) & (totals[:, 0] <= _LARGEST_SAFE_TOTAL))  # NaN is unsafe
+    unsafe = ~((totals[:, 0] >= SMALLEST_SAFE_TOTAL) & (totals[:, 0] <= LARGEST_SAFE_TOTAL))  # NaN is unsafe
     unsafe |= ~np.isfinite(out).all(axis=1)
     if unsafe.any():
         rows = np.flatnonzero(unsafe)
@@ -78,8 +78,8 @@ def softmax_rows_into(q_rows, keys_t, values, out, masked_parts=()):
 
 # A row sum in this range means no exponential overflowed, and the largest terms are normal
 # numbers (not denormals that lost precision): the fast path's result is exact to rounding.
-_SMALLEST_SAFE_TOTAL = 1e-20
-_LARGEST_SAFE_TOTAL = 1e30
+SMALLEST_SAFE_TOTAL = 1e-20
+LARGEST_SAFE_TOTAL = 1e30
 
 
 def _mask_into(scores, masked_parts):

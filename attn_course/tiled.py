@@ -32,6 +32,13 @@ about half of them), tiles entirely allowed are computed without a mask, and
 only the rest evaluate the mask (sliced from an array, or a predicate
 ``mask_fn(i, j)`` evaluated on the tile's indices).
 
+On NumPy arrays a faster path comes first: the running maximum exists only to
+keep ``exp`` from overflowing, so each tile is accumulated as plain
+``sum exp(s_j)`` and ``sum exp(s_j) v_j`` (one pass less, no rescaling), and
+every row's sum is checked at the end; a row that overflowed, underflowed or
+saw nothing is computed again with the three running quantities above. With
+scaled dot-product scores of ordinary size, no row needs it.
+
 Queries are tiled too (about ``2**17 / block_size`` rows, so that one step
 works on 512 KiB of scores), and on NumPy the query tiles of every head run in
 parallel threads; CuPy and torch arrays take the same steps with their own
@@ -48,7 +55,7 @@ import numpy as np
 
 from ._checks import check_bool, check_int, check_scale, compute_dtype, shape_of
 from ._mask_tiles import NOTHING_ALLOWED, PARTIAL, SKIP, ElementMask, tile_plan
-from ._numpy_attention import PARALLEL_MIN_PAIRS
+from ._numpy_attention import LARGEST_SAFE_TOTAL, PARALLEL_MIN_PAIRS, SMALLEST_SAFE_TOTAL
 from ._parallel import num_threads, parallel_for, row_block_jobs
 from .attention import check_qkv
 from .masks import causal
@@ -193,6 +200,37 @@ def _online_softmax(q_rows, k, v, tiles, xp, out_shape, out=None):
     return out
 
 
+def _accumulate_unshifted(q_rows, k, v, tiles, out) -> np.ndarray:
+    """NumPy fast path: ``out = sum_j exp(s_j) v_j / sum_j exp(s_j)`` without the running maximum.
+
+    The maximum only keeps the exponentials from overflowing (see the module
+    docstring); without it there is nothing to rescale, and each tile costs one
+    pass less. Returns the rows (indices) whose sum overflowed, underflowed
+    towards zero or was empty, or whose output is not finite: the caller
+    computes those again with the stable online softmax. q_rows: (R, d), scaled;
+    k: (S, d); v: (S, dv); out: (R, dv), written.
+    """
+    total = None
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        for cols, allowed in tiles:
+            scores = q_rows @ k[cols].T  # (R, C)
+            if allowed is not None:
+                np.copyto(scores, -np.inf, where=~allowed)
+            np.exp(scores, out=scores)
+            if total is None:
+                total = np.sum(scores, axis=1)  # (R,)
+                np.matmul(scores, v[cols], out=out)
+            else:
+                total += np.sum(scores, axis=1)
+                out += scores @ v[cols]
+        if total is None:  # every key tile skipped: nothing may be attended
+            out[...] = 0
+            return np.empty(0, dtype=np.intp)
+        out /= total[:, None]
+    safe = (total >= SMALLEST_SAFE_TOTAL) & (total <= LARGEST_SAFE_TOTAL) & np.isfinite(out).all(axis=1)
+    return np.flatnonzero(~safe)
+
+
 def _tiled_numpy(q, k, v, batch, plan, query_tile: int, block_size: int, scale, is_causal, tile_mask, varies):
     """NumPy: jobs of (query tile, some batch elements), spread over threads."""
     L, d = q.shape[-2:]
@@ -219,9 +257,16 @@ def _tiled_numpy(q, k, v, batch, plan, query_tile: int, block_size: int, scale, 
                     shared_masks[cols.start] = tile_mask(index, rows, cols)
                 return shared_masks[cols.start]
 
-            tiles = _key_tiles(plan[row_tile], block_size, key_stop, mask_of)
             target = out[index][rows]  # (R, dv)
-            _online_softmax(queries[index][rows] * scale, keys[index], values[index], tiles, xp, target.shape, target)
+            q_rows = queries[index][rows] * scale  # (R, d)
+            tiles = _key_tiles(plan[row_tile], block_size, key_stop, mask_of)
+            unsafe = _accumulate_unshifted(q_rows, keys[index], values[index], tiles, target)
+            if unsafe.size:  # those rows again, the stable way (the masks are cached: same tiles)
+                tiles = _key_tiles(plan[row_tile], block_size, key_stop, mask_of)
+                tiles = ((cols, None if allowed is None else allowed[unsafe]) for cols, allowed in tiles)
+                target[unsafe] = _online_softmax(
+                    q_rows[unsafe], keys[index], values[index], tiles, xp, (unsafe.size, dv)
+                )
 
     parallel_for(
         job,

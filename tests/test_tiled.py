@@ -178,3 +178,22 @@ def bad_cases():
 def test_bad_input(args, kwargs, error, match):
     with pytest.raises(error, match=match):
         tiled_attention(*args, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [300.0, -300.0], ids=["overflowing", "underflowing"])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_extreme_scores_take_the_stable_path(rng, size, dtype, is_causal):
+    # The NumPy path accumulates exp(s) without a running maximum and checks each row's sum:
+    # rows with huge scores (exp overflows) or only very negative ones (exp underflows) must be
+    # computed again with the stable online softmax and still equal dense attention.
+    q, k, v = qkv(rng, 37, 53, dtype=dtype)
+    q[0, :5] *= abs(size)  # a few rows with scores of both signs, far beyond exp's range
+    if size < 0:  # sequence 1: every score of every row is about -300
+        q[1], k[1] = 0.0, 0.0
+        q[1, :, 0], k[1, :, 0] = abs(size), -1.0
+    mask = random_mask(37, 53)
+    with np.errstate(over="raise", divide="raise", invalid="raise"):  # and no warnings leak out
+        out = tiled_attention(q, k, v, mask, is_causal=is_causal, block_size=16)
+    assert np.isfinite(out).all()
+    assert_close(out, dense_attention64(q, k, v, mask, is_causal=is_causal))
