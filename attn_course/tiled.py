@@ -210,7 +210,7 @@ def _accumulate_unshifted(q_rows, k, v, tiles, out) -> np.ndarray:
     computes those again with the stable online softmax. q_rows: (R, d), scaled;
     k: (S, d); v: (S, dv); out: (R, dv), written.
     """
-    total = None
+    total = tile_out = None
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         for cols, allowed in tiles:
             scores = q_rows @ k[cols].T  # (R, C)
@@ -220,9 +220,11 @@ def _accumulate_unshifted(q_rows, k, v, tiles, out) -> np.ndarray:
             if total is None:
                 total = np.sum(scores, axis=1)  # (R,)
                 np.matmul(scores, v[cols], out=out)
+                tile_out = np.empty_like(out)  # (R, dv), reused by the next tiles
             else:
                 total += np.sum(scores, axis=1)
-                out += scores @ v[cols]
+                np.matmul(scores, v[cols], out=tile_out)
+                out += tile_out
         if total is None:  # every key tile skipped: nothing may be attended
             out[...] = 0
             return np.empty(0, dtype=np.intp)
