@@ -109,3 +109,28 @@ def test_load_results_refuses_other_files(tmp_path):
     path.write_text("{}")
     with pytest.raises(ValueError, match="benchmark records"):
         gpu.load_results(path)
+
+
+def test_time_cuda_takes_the_median_between_events_after_warming_up():
+    from attn_course.bench import gpu
+
+    clock, calls, synced = [0.0], [], []
+
+    class FakeEvent:  # "elapsed" = difference of a fake clock that each call advances by its own duration
+        def record(self):
+            self.at = clock[0]
+
+        def synchronize(self):
+            pass
+
+        def elapsed_from(self, start):
+            return self.at - start.at
+
+    durations = iter([9.0, 9.0, 5.0, 1.0, 3.0, 2.0, 4.0])  # two warm-up calls, then five timed ones
+
+    def work():
+        calls.append(1)
+        clock[0] += next(durations)
+
+    ms = gpu.time_cuda(work, lambda: (FakeEvent(), FakeEvent()), lambda: synced.append(1), warmup=2, repeats=5)
+    assert ms == 3.0 and len(calls) == 7 and synced == [1]

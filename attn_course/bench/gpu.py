@@ -99,6 +99,13 @@ def time_cuda(fn, events, synchronize, warmup: int = WARMUP, repeats: int = REPE
     return statistics.median(times)
 
 
+def time_cupy(fn, warmup: int = WARMUP, repeats: int = REPEATS) -> float:
+    """Median milliseconds of ``fn()`` (CuPy work on the current stream), between CUDA events."""
+    import cupy
+
+    return time_cuda(fn, lambda: (_CupyEvent(), _CupyEvent()), cupy.cuda.Device().synchronize, warmup, repeats)
+
+
 class _CupyEvent:
     def __init__(self):
         import cupy
