@@ -1,8 +1,11 @@
-"""Data sets generated in code, for the lessons that train on a real task (lesson 16).
+"""Data sets generated in code, for the lessons that train on a real task (lessons 16 and 17).
 
 * ``dates``: human-written dates in many formats and four languages, to be
   translated into ISO dates (``"the 3rd of March, 1998" -> "1998-03-03"``),
   with seeded splits that share no date, character vocabularies and padded batches.
+* ``reports``: short shipping logs to be summarized into a digest of their
+  problems (``"K late; fog; B docked; Q sunk" -> "K late, Q sunk"``), with seeded
+  splits that share no log; they use the same vocabularies and batches.
 
 Nothing is downloaded: every example is produced from a seed.
 """
@@ -17,14 +20,34 @@ from .dates import (
     make_date_splits,
     parse_iso,
 )
+from .reports import (
+    FILLERS,
+    KINDS,
+    PROBLEMS,
+    ROUTINE,
+    STATUSES,
+    ReportSplits,
+    digest,
+    make_report_splits,
+    sentence_spans,
+)
 
 __all__ = [
+    "FILLERS",
     "FORMATS",
+    "KINDS",
+    "PROBLEMS",
+    "ROUTINE",
+    "STATUSES",
     "Batch",
     "CharVocabulary",
     "DateSplits",
+    "ReportSplits",
+    "digest",
     "format_date",
     "make_batch",
     "make_date_splits",
+    "make_report_splits",
     "parse_iso",
+    "sentence_spans",
 ]
