@@ -28,7 +28,7 @@ import numpy as np
 
 from ._parallel import batch_index_tuples, parallel_for
 
-__all__ = ["LARGEST_SAFE_TOTAL", "SMALLEST_SAFE_TOTAL", "dense_attention", "rows_per_block", "softmax_rows_into"]
+__all__ = ["dense_attention", "rows_per_block", "rows_to_redo", "softmax_rows_into"]
 
 SCORE_BLOCK_BYTES = 2 * 1024 * 1024  # a block of scores that stays in cache
 PARALLEL_MIN_PAIRS = 1 << 20  # below this many (query, key) pairs in all, threads cost more than they save
@@ -68,10 +68,8 @@ def softmax_rows_into(q_rows, keys_t, values, out, masked_parts=()):
         totals = np.sum(scores, axis=1, keepdims=True)  # (R, 1)
         np.matmul(scores, values, out=out)  # (R, dv)
         out /= totals
-    unsafe = ~((totals[:, 0] >= SMALLEST_SAFE_TOTAL) & (totals[:, 0] <= LARGEST_SAFE_TOTAL))  # NaN is unsafe
-    unsafe |= ~np.isfinite(out).all(axis=1)
-    if unsafe.any():
-        rows = np.flatnonzero(unsafe)
+    rows = rows_to_redo(totals[:, 0], out)
+    if rows.size:
         parts = [(columns, allowed[rows]) for columns, allowed in masked_parts]
         out[rows] = _stable_softmax_rows(q_rows[rows], keys_t, values, parts)
 
@@ -80,6 +78,15 @@ def softmax_rows_into(q_rows, keys_t, values, out, masked_parts=()):
 # numbers (not denormals that lost precision): the fast path's result is exact to rounding.
 SMALLEST_SAFE_TOTAL = 1e-20
 LARGEST_SAFE_TOTAL = 1e30
+
+
+def rows_to_redo(totals, out) -> np.ndarray:
+    """Rows the unshifted fast path got wrong: sum out of the safe range (NaN too) or output not finite.
+
+    totals: (R,) the sums of exp(scores); out: (R, dv) the normalised outputs.
+    """
+    safe = (totals >= SMALLEST_SAFE_TOTAL) & (totals <= LARGEST_SAFE_TOTAL) & np.isfinite(out).all(axis=1)
+    return np.flatnonzero(~safe)
 
 
 def _mask_into(scores, masked_parts):

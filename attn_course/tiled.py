@@ -55,7 +55,7 @@ import numpy as np
 
 from ._checks import check_bool, check_int, check_scale, compute_dtype, shape_of
 from ._mask_tiles import NOTHING_ALLOWED, PARTIAL, SKIP, ElementMask, tile_plan
-from ._numpy_attention import LARGEST_SAFE_TOTAL, PARALLEL_MIN_PAIRS, SMALLEST_SAFE_TOTAL
+from ._numpy_attention import PARALLEL_MIN_PAIRS, rows_to_redo
 from ._parallel import num_threads, parallel_for, row_block_jobs
 from .attention import check_qkv
 from .masks import causal
@@ -229,8 +229,7 @@ def _accumulate_unshifted(q_rows, k, v, tiles, out) -> np.ndarray:
             out[...] = 0
             return np.empty(0, dtype=np.intp)
         out /= total[:, None]
-    safe = (total >= SMALLEST_SAFE_TOTAL) & (total <= LARGEST_SAFE_TOTAL) & np.isfinite(out).all(axis=1)
-    return np.flatnonzero(~safe)
+    return rows_to_redo(total, out)
 
 
 def _tiled_numpy(q, k, v, batch, plan, query_tile: int, block_size: int, scale, is_causal, tile_mask, varies):

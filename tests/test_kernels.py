@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from attn_course import masks
-from attn_course.backend import asarray, to_numpy
+from attn_course.backend import to_numpy
 from attn_course.kernels import block_sparse_fused_attention, fused_attention, kernel_source
 from tests.dense_reference import dense_attention64
-from tests.support import assert_close, requires_gpu
+from tests.support import assert_close, random_array, requires_gpu
 
 DTYPES = [np.float32, np.float16]
 HEAD_DIMS = [64, 128]
@@ -22,10 +22,7 @@ SHAPES = [(197, 211), (64, 64), (300, 131), (1, 77)]  # odd lengths, L != S both
 
 
 def gpu_qkv(rng, L, S, d, dtype, batch=(2, 3)):
-    def draw(n):
-        return asarray(rng.standard_normal((*batch, n, d)).astype(dtype), backend="cupy")
-
-    return draw(L), draw(S), draw(S)
+    return tuple(random_array(rng, (*batch, n, d), dtype, backend="cupy") for n in (L, S, S))
 
 
 def poisoned_launch(function, *args, **kwargs):
@@ -75,6 +72,31 @@ def test_numpy_arrays_are_refused_with_a_pointer_to_the_cpu_version():
         block_sparse_fused_attention(x, x, x, np.ones((2, 2), bool), 64)
 
 
+@pytest.mark.parametrize(
+    "mask",
+    [masks.causal(), masks.sliding_window(5), masks.sliding_window(4, causal=True), masks.sliding_window(0)],
+    ids=["causal", "window", "causal-window", "diagonal"],
+)
+@pytest.mark.parametrize("L, S", [(23, 31), (31, 23)])
+def test_offset_masks_become_the_kernels_offset_range(mask, L, S):
+    from attn_course.kernels.fused import _offset_range
+
+    lo, hi = _offset_range(mask, L, S)
+    offsets = np.arange(L)[:, None] - np.arange(S)[None, :]  # (L, S): i - j
+    np.testing.assert_array_equal((lo <= offsets) & (offsets <= hi), masks.materialize(mask, L, S))
+
+
+def test_masks_the_kernels_cannot_apply_are_refused_on_any_machine():
+    from attn_course.kernels.fused import _offset_range
+
+    with pytest.raises(TypeError, match=r"i - j.*got an array"):
+        _offset_range(np.ones((4, 4), bool), 4, 4)
+    with pytest.raises(TypeError, match="i - j"):
+        _offset_range(masks.fixed(4, 1), 8, 8)
+    with pytest.raises(ValueError, match="contiguous"):
+        _offset_range(masks.dilated_window(3, 2), 16, 16)
+
+
 # ---- on the GPU ------------------------------------------------------------------------------------
 
 
@@ -95,9 +117,9 @@ def test_fused_attention_equals_dense(L, S, is_causal, d, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fused_attention_broadcasts_batch_and_takes_a_scale(dtype):
     rng = np.random.default_rng(3)
-    q = asarray(rng.standard_normal((2, 4, 129, 64)).astype(dtype), backend="cupy")
-    k = asarray(rng.standard_normal((1, 4, 150, 64)).astype(dtype), backend="cupy")  # broadcast over batch
-    v = asarray(rng.standard_normal((4, 150, 64)).astype(dtype), backend="cupy")
+    q = random_array(rng, (2, 4, 129, 64), dtype, backend="cupy")
+    k = random_array(rng, (1, 4, 150, 64), dtype, backend="cupy")  # broadcast over batch
+    v = random_array(rng, (4, 150, 64), dtype, backend="cupy")
     out = fused_attention(q, k, v, scale=0.3)
     assert_close(out, dense_attention64(q, k, v, scale=0.3))
 

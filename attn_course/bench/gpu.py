@@ -52,15 +52,6 @@ FLEX_MIN_N = 4096  # FlexAttention compiles once per size (tens of seconds): the
 WARMUP, REPEATS = 3, 10
 CHECKED_ROWS = 128  # query rows compared with the float64 reference
 
-IMPLS = (
-    "fused_attention",
-    "block_sparse_fused_attention",
-    "naive_cupy",
-    "torch_sdpa_flash",
-    "torch_sdpa_cudnn",
-    "torch_sdpa_efficient",
-    "flex_attention",
-)
 # the error each dtype may show against float64 (performance.md: fp32 <= 1e-5 ... relative, fp16 <= 1e-2)
 MAX_REL_ERROR = {"float32": 1e-5, "float16": 1e-2}
 
@@ -223,7 +214,7 @@ def _torch_sdpa(backend_name: str):
 
 
 def _flex_sliding_window(N: int, window: int):
-    """FlexAttention (compiled) with a sliding-window block mask; returns (fn(q, k, v), compile seconds)."""
+    """FlexAttention (compiled on first call) with a sliding-window block mask, as a function fn(q, k, v)."""
     import torch
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 

@@ -208,26 +208,20 @@ def fused_attention(q, k, v, *, is_causal=False, scale=None):
 
 
 def _offset_range(mask, L: int, S: int) -> tuple[int, int]:
-    """``(lo, hi)`` for ``mask`` (see ``_find_offset_range``), remembered per mask and lengths."""
-    try:
-        return _cached_offset_range(mask, L, S)
-    except TypeError as err:  # an unhashable mask (an array) cannot be a key: find out why below
-        if "unhashable" not in str(err):
-            raise
-        return _find_offset_range(mask, L, S)
-
-
-def _find_offset_range(mask, L: int, S: int) -> tuple[int, int]:
     """``(lo, hi)`` with ``mask(i, j) == (lo <= i - j <= hi)``, from a predicate's offset rule."""
-    offset_rule = getattr(mask, "offset_rule", None)
-    if offset_rule is None:
+    if getattr(mask, "offset_rule", None) is None:
         kind = "an array" if array_api_compat.is_array_api_obj(mask) else f"{mask!r}"
         raise TypeError(
             "mask must be None or a predicate that depends only on i - j, such as masks.causal() or "
             f"masks.sliding_window(w); got {kind}. attn_course.block_sparse_attention takes any mask"
         )
+    return _offset_range_of_rule(mask, L, S)
+
+
+@functools.lru_cache(maxsize=64)  # a model passes the same predicate again and again
+def _offset_range_of_rule(mask, L: int, S: int) -> tuple[int, int]:
     offsets = np.arange(-(S - 1), L)  # every i - j that occurs
-    allowed = np.flatnonzero(np.asarray(offset_rule(offsets), dtype=bool))
+    allowed = np.flatnonzero(np.asarray(mask.offset_rule(offsets), dtype=bool))
     if allowed.size == 0:
         return 1, 0  # nothing allowed: every row is zero
     if allowed[-1] - allowed[0] + 1 != allowed.size:
@@ -236,9 +230,6 @@ def _find_offset_range(mask, L: int, S: int) -> tuple[int, int]:
             "allows several (a dilated window?). Use attn_course.block_sparse_attention for it"
         )
     return int(offsets[allowed[0]]), int(offsets[allowed[-1]])
-
-
-_cached_offset_range = functools.lru_cache(maxsize=64)(_find_offset_range)
 
 
 @functools.lru_cache(maxsize=32)
