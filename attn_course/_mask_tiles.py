@@ -21,9 +21,9 @@ import math
 import array_api_compat
 import numpy as np
 
-from ._checks import check_mask, dtype_name, shape_of
 from .backend import get_namespace, to_numpy
 from .masks import BlockCover, _is_predicate, _tile_bounds, block_cover
+from .validation import check_mask, dtype_name, shape_of
 
 __all__ = ["FULL", "PARTIAL", "SKIP", "ElementMask", "merge_tile_rows", "plan_from_cover", "tile_plan"]
 

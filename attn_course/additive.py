@@ -13,10 +13,10 @@ There is no scaling: the network learns the size of its scores.
 
 from __future__ import annotations
 
-from ._checks import as_array, as_float_array, check_bool, compute_dtype, require_finite, shape_of
 from .attention import attention_mask, check_qkv
 from .backend import get_namespace
 from .softmax import masked_softmax
+from .validation import as_array, as_float_array, check_bool, compute_dtype, require_finite, shape_of
 
 __all__ = ["additive_attention"]
 

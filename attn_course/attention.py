@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import array_api_compat
 
-from ._checks import (
+from ._numpy_attention import dense_attention
+from .backend import get_namespace
+from .masks import causal, materialize
+from .softmax import masked_softmax
+from .validation import (
     as_array,
     as_float_array,
     broadcast_batch,
@@ -32,10 +36,6 @@ from ._checks import (
     require_same_dtype,
     shape_of,
 )
-from ._numpy_attention import dense_attention
-from .backend import get_namespace
-from .masks import causal, materialize
-from .softmax import masked_softmax
 
 __all__ = ["scaled_dot_product_attention"]
 

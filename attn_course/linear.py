@@ -47,8 +47,8 @@ from __future__ import annotations
 
 import array_api_compat
 
-from ._checks import check_bool, compute_dtype, dtype_name, shape_of
 from .attention import check_qkv
+from .validation import check_bool, compute_dtype, dtype_name, shape_of
 
 __all__ = ["elu_feature_map", "linear_attention"]
 

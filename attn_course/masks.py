@@ -47,8 +47,8 @@ from typing import NamedTuple
 import array_api_compat
 import numpy as np
 
-from ._checks import as_array, check_bool, check_int, dtype_name, shape_of
 from .backend import creation_namespace, get_namespace, to_numpy
+from .validation import as_array, check_bool, check_int, dtype_name, shape_of
 
 __all__ = [
     "BlockCover",

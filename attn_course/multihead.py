@@ -27,7 +27,9 @@ import numbers
 
 import numpy as np
 
-from ._checks import (
+from .attention import check_qkv, scaled_dot_product_attention
+from .backend import creation_namespace, get_namespace
+from .validation import (
     as_array,
     as_float_array,
     check_bool,
@@ -38,8 +40,6 @@ from ._checks import (
     require_ndim,
     shape_of,
 )
-from .attention import check_qkv, scaled_dot_product_attention
-from .backend import creation_namespace, get_namespace
 
 __all__ = ["MultiHeadAttention", "merge_heads", "split_heads"]
 

@@ -36,7 +36,8 @@ import numbers
 import array_api_compat
 import numpy as np
 
-from ._checks import (
+from .backend import creation_namespace, get_namespace
+from .validation import (
     as_array,
     as_float_array,
     check_int,
@@ -46,7 +47,6 @@ from ._checks import (
     require_ndim,
     shape_of,
 )
-from .backend import creation_namespace, get_namespace
 
 __all__ = ["apply_rope", "sinusoidal_encoding"]
 

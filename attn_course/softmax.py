@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 
-from ._checks import as_array, as_float_array, check_int, check_mask, compute_dtype, require_finite, shape_of
 from .backend import get_namespace
+from .validation import as_array, as_float_array, check_int, check_mask, compute_dtype, require_finite, shape_of
 
 __all__ = ["softmax"]
 

@@ -33,13 +33,13 @@ import math
 import array_api_compat
 import numpy as np
 
-from ._checks import as_array, check_int, check_scale, compute_dtype, dtype_name, shape_of
 from ._mask_tiles import PARTIAL, SKIP, ElementMask, plan_from_cover
 from ._numpy_attention import PARALLEL_MIN_PAIRS, softmax_rows_into
 from ._parallel import parallel_for, row_block_jobs
 from .attention import check_qkv
 from .backend import to_numpy
 from .softmax import masked_softmax
+from .validation import as_array, check_int, check_scale, compute_dtype, dtype_name, shape_of
 
 __all__ = ["block_sparse_attention", "sparse_attention"]
 

@@ -53,12 +53,12 @@ import math
 import array_api_compat
 import numpy as np
 
-from ._checks import check_bool, check_int, check_scale, compute_dtype, shape_of
 from ._mask_tiles import NOTHING_ALLOWED, PARTIAL, SKIP, ElementMask, tile_plan
 from ._numpy_attention import PARALLEL_MIN_PAIRS, rows_to_redo
 from ._parallel import num_threads, parallel_for, row_block_jobs
 from .attention import check_qkv
 from .masks import causal
+from .validation import check_bool, check_int, check_scale, compute_dtype, shape_of
 
 __all__ = ["tiled_attention"]
 

@@ -37,8 +37,8 @@ from matplotlib.colors import BoundaryNorm, Colormap, ListedColormap
 from matplotlib.figure import FigureBase
 from matplotlib.ticker import MaxNLocator
 
-from ._checks import as_array, as_float_array, check_bool, check_int, dtype_name, shape_of
 from .backend import get_namespace, to_numpy
+from .validation import as_array, as_float_array, check_bool, check_int, dtype_name, shape_of
 
 __all__ = ["plot_attention", "plot_heads", "plot_layout", "plot_mask"]
 

@@ -26,10 +26,10 @@ from pathlib import Path
 import array_api_compat
 import numpy as np
 
-from .._checks import check_scale, shape_of
 from ..attention import check_qkv
 from ..backend import gpu_status
 from ..sparse import _check_layout
+from ..validation import check_scale, shape_of
 
 __all__ = ["KERNEL_TILE", "SUPPORTED_HEAD_DIMS", "block_sparse_fused_attention", "fused_attention", "kernel_source"]
 

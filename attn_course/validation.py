@@ -1,4 +1,4 @@
-"""Argument checks shared by the whole package (private).
+"""Argument checks shared by the whole package: validation of what a public function is given.
 
 Every public function validates what it is given before computing, so that a
 mistake (a transposed key matrix, a mask of the wrong shape, integer tokens
