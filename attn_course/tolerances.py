@@ -7,9 +7,8 @@ within a tolerance that depends on that dtype:
 
 float32 carries about 7 significant digits, float16 about 3, so the bounds
 follow the precision of the dtype the learner (or the package) computed in.
-The unit tests (``tests/support.py``), the notebooks' self-checks
-(``attn_course.checking``) and the grader (``attn_course.grade``) all read
-this table.
+The unit tests (``tests/support.py``), the notebooks' self-checks and the
+grader (both in ``attn_course.grading``) all read this table.
 """
 
 from __future__ import annotations

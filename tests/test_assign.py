@@ -7,9 +7,17 @@ import shutil
 import nbformat
 import pytest
 
-from attn_course import assign
-from attn_course.assign import BEGIN, END, AssignError, build_exercise, read_master, solution_regions, stub_solutions
-from attn_course.exercises import EXERCISES
+from attn_course.grading import assign
+from attn_course.grading.assign import (
+    BEGIN,
+    END,
+    AssignError,
+    build_exercise,
+    read_master,
+    solution_regions,
+    stub_solutions,
+)
+from attn_course.grading.specs import EXERCISES
 
 MASTERS = assign.find_masters()
 MASTER_02 = assign.SOLUTIONS_DIR / "02_softmax_temperature_and_scaling.ipynb"

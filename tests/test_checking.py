@@ -6,10 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from attn_course import assign
-from attn_course.checking import RECORD_DIR_VARIABLE, CheckFailed, check, test_inputs
-from attn_course.exercises import EXERCISES, Opaque, Raised, get_exercise, judge
-from attn_course.exercises.transfer import RecordError, load_array, read_result, write_inputs
+from attn_course.grading import RECORD_DIR_VARIABLE, CheckFailed, assign, check, test_inputs
+from attn_course.grading.judge import Opaque, Raised, judge
+from attn_course.grading.result_files import RecordError, load_array, read_result, write_inputs
+from attn_course.grading.specs import EXERCISES, get_exercise
 
 # the wrong answers below overflow on purpose
 pytestmark = pytest.mark.filterwarnings(

@@ -20,8 +20,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from attn_course import assign
-from attn_course.grade import GRADER_VERSION, find_submissions, main, rebuild
+from attn_course.grading import assign
+from attn_course.grading.grade import GRADER_VERSION, find_submissions, main, rebuild
 
 # make test runs this module on one xdist worker (--dist loadfile); the batch is graded once per test run anyway
 pytestmark = pytest.mark.grader
@@ -265,14 +265,14 @@ def masked_softmax(x, mask):
 
 MONKEYPATCH = """
 import IPython
-import attn_course.checking
+import attn_course.grading
 
 np.testing.assert_allclose = lambda *a, **k: None
 np.allclose = lambda *a, **k: True
 np.array_equal = lambda *a, **k: True
 IPython.get_ipython().showtraceback = lambda *a, **k: None
-attn_course.checking.check = lambda *a, **k: print("softmax: 4 of 4 tests passed")
-check = attn_course.checking.check
+attn_course.grading.check = lambda *a, **k: print("softmax: 4 of 4 tests passed")
+check = attn_course.grading.check
 
 def softmax(x):
     return np.zeros_like(x)

@@ -1,9 +1,10 @@
-"""Start a kernel under resource limits: ``python _launch_limited.py LIMITS_JSON -- KERNEL_COMMAND...``.
+"""Launch a kernel with resource limits: ``python launch_with_limits.py LIMITS_JSON -- KERNEL_COMMAND...``.
 
-Run by the grader as a file (not imported: it must start fast and import
-nothing of the package). It lowers this process's resource limits, then
-replaces itself with the kernel command (``os.execv``); the limits survive
-the exec and bind the kernel and everything it starts:
+Run by the grader's sandbox (``attn_course.grading.sandbox``) as a file, by
+its path (not imported: it must start fast and import nothing of the
+package). It lowers this process's resource limits, then replaces itself
+with the kernel command (``os.execv``); the limits survive the exec and
+bind the kernel and everything it starts:
 
 * ``RLIMIT_AS``: address space, so a memory bomb raises ``MemoryError``
   (or kills the kernel) instead of exhausting the machine;
@@ -26,7 +27,7 @@ import sys
 def main() -> None:
     limits = json.loads(sys.argv[1])
     if sys.argv[2] != "--" or len(sys.argv) < 4:
-        sys.exit("usage: _launch_limited.py LIMITS_JSON -- KERNEL_COMMAND...")
+        sys.exit("usage: launch_with_limits.py LIMITS_JSON -- KERNEL_COMMAND...")
     command = sys.argv[3:]
     for name, wanted in (
         ("RLIMIT_AS", limits.get("memory_bytes")),

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..positions import apply_rope as reference_rope
-from ..positions import sinusoidal_encoding as reference_encoding
-from .attention import _normal
-from .core import Case, Exercise, Invariant, Mistake, _index, _number
+from ...positions import apply_rope as reference_rope
+from ...positions import sinusoidal_encoding as reference_encoding
+from ..judge import Case, Exercise, Invariant, Mistake, format_index, format_number
+from .inputs import normal_array
 
 __all__ = ["EXERCISES"]
 
@@ -65,7 +65,7 @@ def pairs_on_the_unit_circle() -> Invariant:
             position, pair = np.argwhere(bad)[0]
             return (
                 f"features ({2 * pair}, {2 * pair + 1}) of position {position} have length "
-                f"{_number(lengths[position, pair])}, not 1"
+                f"{format_number(lengths[position, pair])}, not 1"
             )
         return None
 
@@ -159,14 +159,15 @@ def lengths_kept() -> Invariant:
         bad = np.abs(after - before) > tol["atol"] * rotated.shape[-1] + tol["rtol"] * before
         if bool(np.any(bad)):
             first = tuple(np.argwhere(bad)[0])
-            return f"row {_index(first)} has length {_number(after[first])}, but x's row has {_number(before[first])}"
+            length, original = format_number(after[first]), format_number(before[first])
+            return f"row {format_index(first)} has length {length}, but x's row has {original}"
         return None
 
     return Invariant("every row keeps its length (a rotation changes no length)", violation)
 
 
 def _rope_case(shape, positions, dtype=np.float32):
-    return lambda rng: (_normal(rng, shape, dtype), np.asarray(positions, dtype=np.int64))
+    return lambda rng: (normal_array(rng, shape, dtype), np.asarray(positions, dtype=np.int64))
 
 
 ROPE = Exercise(

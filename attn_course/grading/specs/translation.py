@@ -29,13 +29,13 @@ import math
 
 import numpy as np
 
-from .. import masks
-from ..multihead import merge_heads as reference_merge
-from ..multihead import split_heads as reference_split
-from ..softmax import softmax as reference_softmax
-from .attention import _normal
-from .core import Case, Exercise, Mistake, rows_sum_to_one, within_zero_and_one, zero_where_masked
-from .multihead import WRONG_ORDER_MERGE, _merge_no_transpose, bias_free_layer
+from ... import masks
+from ...multihead import merge_heads as reference_merge
+from ...multihead import split_heads as reference_split
+from ...softmax import softmax as reference_softmax
+from ..judge import Case, Exercise, Mistake, rows_sum_to_one, within_zero_and_one, zero_where_masked
+from .inputs import normal_array
+from .multihead import WRONG_ORDER_MERGE, bias_free_layer, merge_heads_no_transpose
 
 __all__ = ["EXERCISES"]
 
@@ -158,10 +158,10 @@ def _reference_cross(y, memory, W_q, W_k, W_v, W_o, num_heads, cross_mask):
 
 def _cross_case(B, T, S, d_model, num_heads, lengths, dtype=np.float32):
     def make(rng):
-        y = _normal(rng, (B, T, d_model), dtype)
-        memory = _normal(rng, (B, S, d_model), dtype)
+        y = normal_array(rng, (B, T, d_model), dtype)
+        memory = normal_array(rng, (B, S, d_model), dtype)
         scale = 1.0 / math.sqrt(d_model)
-        W_q, W_k, W_v, W_o = ((_normal(rng, (d_model, d_model), np.float64) * scale).astype(dtype) for _ in "qkvo")
+        W_q, W_k, W_v, W_o = ((normal_array(rng, (d_model, d_model), np.float64) * scale).astype(dtype) for _ in "qkvo")
         cross_mask = np.broadcast_to(masks.padding_mask(lengths, S), (B, 1, T, S)).copy()  # (B, 1, T, S)
         return y, memory, W_q, W_k, W_v, W_o, num_heads, cross_mask
 
@@ -234,7 +234,7 @@ CROSS = Exercise(
             "character, also those at positions j > i.",
             _cross_variant(causal=True),
         ),
-        Mistake("heads merged in the wrong order", WRONG_ORDER_MERGE, _cross_variant(merge=_merge_no_transpose)),
+        Mistake("heads merged in the wrong order", WRONG_ORDER_MERGE, _cross_variant(merge=merge_heads_no_transpose)),
         Mistake(
             "scaled by sqrt(d_model)",
             "Each head attends over head_dim = d_model / num_heads features: scale by 1/sqrt(head_dim) "

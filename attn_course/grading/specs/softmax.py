@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..softmax import softmax as reference_softmax
-from .core import Case, Exercise, Mistake, rows_sum_to_one, within_zero_and_one, zero_where_masked
+from ...softmax import softmax as reference_softmax
+from ..judge import Case, Exercise, Mistake, rows_sum_to_one, within_zero_and_one, zero_where_masked
+from .inputs import keep_mask
 
 __all__ = ["EXERCISES"]
 
@@ -27,16 +28,6 @@ def _scores(rng, shape, dtype=np.float32, spread=2.0, offsets=None):
     if offsets is not None:
         x = x + np.asarray(offsets, dtype=np.float64)[:, None]
     return x.astype(dtype)
-
-
-def _keep_mask(rng, shape, keep=0.6, empty_rows=()):
-    """A boolean mask (True = keep) with at least one kept entry per row, except rows in ``empty_rows``."""
-    mask = rng.random(shape) < keep
-    rows = mask.reshape(-1, shape[-1])
-    rows[np.arange(rows.shape[0]), rng.integers(0, shape[-1], rows.shape[0])] = True
-    for row in empty_rows:
-        rows[row] = False
-    return rows.reshape(shape)
 
 
 # --------------------------------------------------------------------------- the wrong versions
@@ -171,7 +162,7 @@ TEMPERATURE = Exercise(
 def _masked_case(shape, mask_shape=None, spread=2.0, offsets=None, empty_rows=()):
     def make(rng):
         x = _scores(rng, shape, spread=spread, offsets=offsets)
-        return x, _keep_mask(rng, mask_shape or shape, empty_rows=empty_rows)
+        return x, keep_mask(rng, mask_shape or shape, empty_rows=empty_rows)
 
     return make
 

@@ -19,8 +19,8 @@ import math
 
 import numpy as np
 
-from .attention import _normal
-from .core import Case, Exercise, Invariant, Mistake, _index, _number
+from ..judge import Case, Exercise, Invariant, Mistake, format_index, format_number
+from .inputs import normal_array
 
 __all__ = ["EXERCISES"]
 
@@ -70,7 +70,8 @@ def normalised_mean_zero() -> Invariant:
         bad = np.abs(means) > 10 * (tol["atol"] + tol["rtol"])
         if bool(np.any(bad)):
             first = np.argwhere(bad)[0]
-            return f"token {_index(first)} has mean {_number(means[tuple(first)])} after removing gamma and beta"
+            mean = format_number(means[tuple(first)])
+            return f"token {format_index(first)} has mean {mean} after removing gamma and beta"
         return None
 
     return Invariant("each token's normalised features, (result - beta) / gamma, have mean 0", violation)
@@ -155,11 +156,11 @@ LAYER_NORM = Exercise(
 def _mlp_case(shape, hidden, dtype=np.float32):
     def make(rng):
         d = shape[-1]
-        x = _normal(rng, shape, dtype)
-        W1 = (_normal(rng, (d, hidden), np.float64) / math.sqrt(d)).astype(dtype)
-        b1 = (0.1 * _normal(rng, (hidden,), np.float64)).astype(dtype)
-        W2 = (_normal(rng, (hidden, d), np.float64) / math.sqrt(hidden)).astype(dtype)
-        b2 = (0.1 * _normal(rng, (d,), np.float64)).astype(dtype)
+        x = normal_array(rng, shape, dtype)
+        W1 = (normal_array(rng, (d, hidden), np.float64) / math.sqrt(d)).astype(dtype)
+        b1 = (0.1 * normal_array(rng, (hidden,), np.float64)).astype(dtype)
+        W2 = (normal_array(rng, (hidden, d), np.float64) / math.sqrt(hidden)).astype(dtype)
+        b2 = (0.1 * normal_array(rng, (d,), np.float64)).astype(dtype)
         return x, W1, b1, W2, b2
 
     return make

@@ -16,11 +16,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import masks
-from ..attention import scaled_dot_product_attention as reference_attention
-from .attention import _normal, _variant
-from .core import Case, Exercise, Invariant, Mistake, _index, rows_sum_to_one, within_zero_and_one, zero_where_masked
-from .softmax import _keep_mask
+from ... import masks
+from ...attention import scaled_dot_product_attention as reference_attention
+from ..judge import (
+    Case,
+    Exercise,
+    Invariant,
+    Mistake,
+    format_index,
+    rows_sum_to_one,
+    within_zero_and_one,
+    zero_where_masked,
+)
+from .attention import wrong_attention
+from .inputs import keep_mask, normal_array
 
 __all__ = ["EXERCISES"]
 
@@ -157,9 +166,9 @@ def _causal_left_padding(lengths, n):
 def _masked_case(shape_q, S, dv, make_mask, dtype=np.float32):
     def make(rng):
         *batch, L, d = shape_q
-        q = _normal(rng, (*batch, L, d), dtype)
-        k = _normal(rng, (*batch, S, d), dtype)
-        v = _normal(rng, (*batch, S, dv), dtype)
+        q = normal_array(rng, (*batch, L, d), dtype)
+        k = normal_array(rng, (*batch, S, d), dtype)
+        v = normal_array(rng, (*batch, S, dv), dtype)
         return q, k, v, make_mask(rng)
 
     return make
@@ -175,7 +184,7 @@ def zero_output_where_nothing_allowed() -> Invariant:
         bad = empty & np.any(output != 0, axis=-1)
         if bool(np.any(bad)):
             first = np.argwhere(bad)[0]
-            return f"query {_index(first)} may attend to nothing but its output row is not zero"
+            return f"query {format_index(first)} may attend to nothing but its output row is not zero"
         return None
 
     return Invariant("a query that may attend to nothing has a zero output row", violation)
@@ -212,7 +221,7 @@ MASKED = Exercise(
         Case(
             "cross_float64",
             "q: float64 (3, 7), k: (6, 7), v: (6, 2), mask: bool (3, 6) whose row 2 allows nothing",
-            _masked_case((3, 7), 6, 2, lambda rng: _keep_mask(rng, (3, 6), empty_rows=(2,)), np.float64),
+            _masked_case((3, 7), 6, 2, lambda rng: keep_mask(rng, (3, 6), empty_rows=(2,)), np.float64),
             seed=170,
         ),
     ),
@@ -227,29 +236,29 @@ MASKED = Exercise(
             "mask applied after the softmax",
             "Block the scores before the softmax (blocked scores become -inf), so that the allowed keys share "
             "the whole weight of 1. Zeroing weights afterwards leaves rows that sum to less than 1.",
-            _variant(mask_after=True),
+            wrong_attention(mask_after=True),
         ),
         Mistake(
             "NaN for a query that may attend to nothing",
             "A row whose mask is all False has the maximum -inf, and -inf - (-inf) is NaN (lesson section 4). "
             "Shift such rows by 0 instead and divide by 1 where the sum is 0: their weights and output are zero.",
-            _variant(nan_rows=True),
+            wrong_attention(nan_rows=True),
         ),
         Mistake(
             "large negative number instead of -inf",
             "With -1e9 instead of -inf, a query that may attend to nothing spreads its weight evenly over the "
             "blocked keys. It must get zero weights and a zero output.",
-            _variant(fill=-1e9),
+            wrong_attention(fill=-1e9),
         ),
         Mistake(
             "mask inverted",
             "The mask is True where a query may attend and False where it may not.",
-            _variant(invert=True),
+            wrong_attention(invert=True),
         ),
         Mistake(
             "no scaling",
             "Divide the scores by sqrt(d) (d = q.shape[-1]) before masking them, as in lesson 03.",
-            _variant(score_scale=False),
+            wrong_attention(score_scale=False),
         ),
     ),
     hints={

@@ -1,4 +1,4 @@
-"""The files through which the grader and a submission's kernel talk.
+"""The result files through which the grader and a submission's kernel talk: inputs in, outputs back.
 
 The grader never trusts the kernel: the kernel runs the learner's code. So the
 kernel gets nothing to judge with and reports nothing but data:
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import Opaque, Raised, describe
+from .judge import Opaque, Raised, describe
 
 __all__ = [
     "RecordError",

@@ -17,8 +17,8 @@ import math
 
 import numpy as np
 
-from .attention import _normal
-from .core import Case, Exercise, Invariant, Mistake, _index, _number
+from ..judge import Case, Exercise, Invariant, Mistake, format_index, format_number
+from .inputs import normal_array
 
 __all__ = ["EXERCISES"]
 
@@ -45,8 +45,8 @@ def _qk(L, S, d, batch=(), dtype=np.float32, key_lengths=None):
     """Queries (..., L, d) and keys (..., S, d); ``key_lengths`` rescales key j to that length."""
 
     def make(rng):
-        q = _normal(rng, (*batch, L, d), dtype)
-        k = _normal(rng, (*batch, S, d), dtype)
+        q = normal_array(rng, (*batch, L, d), dtype)
+        k = normal_array(rng, (*batch, S, d), dtype)
         if key_lengths is not None:
             k = (_unit(k.astype(np.float64)) * np.asarray(key_lengths, dtype=np.float64)[:, None]).astype(dtype)
         return q, k
@@ -104,7 +104,7 @@ def within_minus_one_and_one() -> Invariant:
         bad = np.abs(cosines) > 1 + tol["atol"] + tol["rtol"]
         if bool(np.any(bad)):
             first = np.argwhere(bad)[0]
-            return f"entry {_index(first)} is {_number(cosines[tuple(first)])}"
+            return f"entry {format_index(first)} is {format_number(cosines[tuple(first)])}"
         return None
 
     return Invariant("every cosine lies between -1 and 1", violation)

@@ -1,35 +1,24 @@
-"""The exercises: what each graded function must do, and how an answer is judged.
+"""The exercise specs: what each graded function must do, and the registry that finds them by name.
 
 Each lesson with an exercise notebook has a module here that defines its
-:class:`~attn_course.exercises.core.Exercise` objects (cases drawn from seeds,
-the reference from the package, invariants, classic mistakes and hints). The
-registry below maps an exercise's name (the first argument of
-``check("softmax", softmax)`` in the notebooks) to its definition.
+:class:`~attn_course.grading.judge.Exercise` objects (cases drawn from seeds,
+the reference from the package, invariants, classic mistakes and hints);
+``inputs`` holds the random inputs they share. The registry below maps an
+exercise's name (the first argument of ``check("softmax", softmax)`` in the
+notebooks) to its definition.
 
 Adding a lesson's exercises: write ``solutions/NN_topic.ipynb`` (see
-``attn_course.assign``), add a module here with ``EXERCISES = (...)``, and
-list it in ``LESSON_MODULES``.
+``attn_course.grading.assign``), add a module here with ``EXERCISES = (...)``,
+and list it in ``LESSON_MODULES``.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
 
-from .core import Case, Exercise, Invariant, Mistake, Opaque, Raised, Verdict, describe, judge
+from ..judge import Exercise
 
-__all__ = [
-    "EXERCISES",
-    "Case",
-    "Exercise",
-    "Invariant",
-    "Mistake",
-    "Opaque",
-    "Raised",
-    "Verdict",
-    "describe",
-    "get_exercise",
-    "judge",
-]
+__all__ = ["EXERCISES", "LESSON_MODULES", "get_exercise"]
 
 # One module per lesson that has an exercise notebook, in lesson order.
 LESSON_MODULES = (

@@ -12,7 +12,7 @@ happened to each cell (:class:`CellOutcome`). The limits (:class:`Limits`):
 * **whole run**: cell execution stops after ``total_timeout`` seconds of wall
   clock (kernel start-up not counted, it has its own ``startup_timeout``);
 * **memory, CPU, files**: the kernel is started through
-  ``attn_course/_launch_limited.py``, which sets ``RLIMIT_AS`` (address space,
+  ``attn_course/grading/launch_with_limits.py``, which sets ``RLIMIT_AS`` (address space,
   ``memory_mb``), ``RLIMIT_CPU`` (a backstop: total time plus a margin),
   ``RLIMIT_FSIZE`` and no core dumps on itself, then ``exec``\\ s the kernel
   command, so the limits bind the kernel and its children. The kernel
@@ -53,8 +53,8 @@ from traitlets import Int, Unicode
 
 __all__ = ["CellOutcome", "Limits", "RunLog", "run_notebook"]
 
-LAUNCHER = Path(__file__).with_name("_launch_limited.py")
-PACKAGE_PARENT = Path(__file__).resolve().parents[1]
+LAUNCHER = Path(__file__).with_name("launch_with_limits.py")  # run as a file, by this path
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the folder that holds attn_course/
 
 
 @dataclass(frozen=True)

@@ -17,22 +17,18 @@ import math
 
 import numpy as np
 
-from ..attention import scaled_dot_product_attention as reference_attention
-from ..softmax import softmax as reference_softmax
-from .core import Case, Exercise, Mistake, rows_sum_to_one, within_zero_and_one, zero_where_masked
-from .softmax import _keep_mask
+from ...attention import scaled_dot_product_attention as reference_attention
+from ...softmax import softmax as reference_softmax
+from ..judge import Case, Exercise, Mistake, rows_sum_to_one, within_zero_and_one, zero_where_masked
+from .inputs import keep_mask, normal_array
 
 __all__ = ["EXERCISES"]
 
 LESSON = "03_scaled_dot_product_attention"
 
 
-def _normal(rng, shape, dtype=np.float32):
-    return rng.standard_normal(shape).astype(dtype)
-
-
 def _qk(L, S, d, batch=(), dtype=np.float32):
-    return lambda rng: (_normal(rng, (*batch, L, d), dtype), _normal(rng, (*batch, S, d), dtype))
+    return lambda rng: (normal_array(rng, (*batch, L, d), dtype), normal_array(rng, (*batch, S, d), dtype))
 
 
 def _unscaled(q, k):
@@ -86,10 +82,10 @@ SCORES = Exercise(
 
 def _attention_case(L, S, d, dv, batch=(), mask_shape=None, empty_rows=(), dtype=np.float32):
     def make(rng):
-        q = _normal(rng, (*batch, L, d), dtype)
-        k = _normal(rng, (*batch, S, d), dtype)
-        v = _normal(rng, (*batch, S, dv), dtype)
-        mask = None if mask_shape is None else _keep_mask(rng, mask_shape, empty_rows=empty_rows)
+        q = normal_array(rng, (*batch, L, d), dtype)
+        k = normal_array(rng, (*batch, S, d), dtype)
+        v = normal_array(rng, (*batch, S, dv), dtype)
+        mask = None if mask_shape is None else keep_mask(rng, mask_shape, empty_rows=empty_rows)
         return q, k, v, mask
 
     return make
@@ -99,7 +95,7 @@ def _with_weights(weights, v, dtype):
     return (weights @ v).astype(dtype), weights.astype(dtype)
 
 
-def _variant(score_scale=True, mask_after=False, invert=False, axis=-1, fill=None, nan_rows=False):
+def wrong_attention(score_scale=True, mask_after=False, invert=False, axis=-1, fill=None, nan_rows=False):
     """A wrong attention: ``(q, k, v, mask) -> (output, weights)`` with one classic mistake switched on."""
 
     def attention(q, k, v, mask=None):
@@ -169,35 +165,35 @@ ATTENTION = Exercise(
         Mistake(
             "no scaling",
             "Divide the scores by sqrt(d) (d = q.shape[-1]) before the softmax.",
-            _variant(score_scale=False),
+            wrong_attention(score_scale=False),
         ),
         Mistake(
             "mask applied after the softmax",
             "Apply the mask to the scores, before the softmax (masked scores become -inf): zeroing weights "
             "afterwards leaves rows that no longer sum to 1.",
-            _variant(mask_after=True),
+            wrong_attention(mask_after=True),
         ),
         Mistake(
             "mask inverted",
             "The mask is True where a query may attend to a key, False where it may not.",
-            _variant(invert=True),
+            wrong_attention(invert=True),
         ),
         Mistake(
             "softmax over the queries",
             "The softmax runs over the keys, the last axis of the scores (..., L, S): each query's weights sum to 1.",
-            _variant(axis=-2),
+            wrong_attention(axis=-2),
         ),
         Mistake(
             "large negative number instead of -inf",
             "With a large negative number instead of -inf, a query that may attend to nothing spreads its weight "
             "evenly. Such a query must get zero weights and a zero output.",
-            _variant(fill=-1e9),
+            wrong_attention(fill=-1e9),
         ),
         Mistake(
             "NaN for a query that may attend to nothing",
             "For a query whose mask allows nothing every score is -inf, and the softmax computes 0 / 0 = NaN. "
             "Give such a query zero weights (and so a zero output row).",
-            _variant(nan_rows=True),
+            wrong_attention(nan_rows=True),
         ),
     ),
     hints={

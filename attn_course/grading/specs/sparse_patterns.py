@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import masks
-from .core import Case, Exercise, Mistake
+from ... import masks
+from ..judge import Case, Exercise, Mistake
 
 __all__ = ["EXERCISES"]
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..linear import elu_feature_map as reference_phi
-from ..linear import linear_attention as reference_linear
-from .attention import _normal
-from .core import Case, Exercise, Invariant, Mistake, _index, _number
+from ...linear import elu_feature_map as reference_phi
+from ...linear import linear_attention as reference_linear
+from ..judge import Case, Exercise, Invariant, Mistake, format_index, format_number
+from .inputs import normal_array
 from .tiling import within_value_range
 
 __all__ = ["EXERCISES"]
@@ -40,7 +40,7 @@ def strictly_positive() -> Invariant:
         bad = out <= 0
         if bool(np.any(bad)):
             first = np.argwhere(bad)[0]
-            return f"entry {_index(first)} is {_number(out[tuple(first)])}"
+            return f"entry {format_index(first)} is {format_number(out[tuple(first)])}"
         return None
 
     return Invariant("every feature is > 0 (so that the normaliser never vanishes)", violation)
@@ -126,9 +126,9 @@ def _softmax_attention(q, k, v, causal=False):
 def _qkv(batch, L, S, d, dv, dtype=np.float32):
     def make(rng):
         return (
-            _normal(rng, (*batch, L, d), dtype),
-            _normal(rng, (*batch, S, d), dtype),
-            _normal(rng, (*batch, S, dv), dtype),
+            normal_array(rng, (*batch, L, d), dtype),
+            normal_array(rng, (*batch, S, d), dtype),
+            normal_array(rng, (*batch, S, dv), dtype),
         )
 
     return make
@@ -190,7 +190,7 @@ def first_row_is_first_value() -> Invariant:
         bad = diff > 10 * tol["atol"] + tol["rtol"] * np.abs(v[..., 0, :])
         if bool(np.any(bad)):
             first = np.argwhere(bad)[0]
-            return f"output row 0 {_index(first)} is {_number(out[..., 0, :][tuple(first)])}, not v[0]"
+            return f"output row 0 {format_index(first)} is {format_number(out[..., 0, :][tuple(first)])}, not v[0]"
         return None
 
     return Invariant("query 0 may see key 0 only: its output is v[0]", violation)

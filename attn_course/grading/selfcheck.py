@@ -20,7 +20,7 @@ cells of graded notebooks do; an exercise not attempted yet only says so.
 **Grading.** Under the grader (``python -m attn_course.grade``), the kernel
 runs with ``ATTN_COURSE_RECORD_DIR`` set. ``check`` then judges nothing: it
 only records what the function returns on the grader's inputs (see
-``attn_course.exercises.transfer``), and the grader compares in its own
+``attn_course.grading.result_files``), and the grader compares in its own
 process. Replacing ``check``, numpy's assert helpers or IPython's traceback
 hook inside the notebook therefore cannot earn points.
 """
@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import os
 
-from .exercises import get_exercise, judge
-from .exercises.core import Raised, Verdict
-from .exercises.transfer import read_inputs, write_result
+from .judge import Raised, Verdict, judge
+from .result_files import read_inputs, write_result
+from .specs import get_exercise
 
 __all__ = ["RECORD_DIR_VARIABLE", "CheckFailed", "CheckSummary", "check", "test_inputs"]
 
@@ -41,7 +41,7 @@ MARKS = {"passed": "✓", "failed": "✗", "not_attempted": "·"}
 
 
 class CheckSummary:
-    """The outcome of ``check``: one :class:`~attn_course.exercises.core.Verdict` per test."""
+    """The outcome of ``check``: one :class:`~attn_course.grading.judge.Verdict` per test."""
 
     def __init__(self, exercise: str, verdicts: list[Verdict], recorded: int | None = None):
         self.exercise = exercise

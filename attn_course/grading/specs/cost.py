@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core import Case, Exercise, Mistake
+from ..judge import Case, Exercise, Mistake
 
 __all__ = ["EXERCISES"]
 

@@ -23,11 +23,20 @@ import math
 
 import numpy as np
 
-from ..additive import additive_attention as reference_additive
-from ..attention import scaled_dot_product_attention as reference_attention
-from ..softmax import softmax as reference_softmax
-from .attention import _normal
-from .core import Case, Exercise, Invariant, Mistake, _index, _number, rows_sum_to_one, within_zero_and_one
+from ...additive import additive_attention as reference_additive
+from ...attention import scaled_dot_product_attention as reference_attention
+from ...softmax import softmax as reference_softmax
+from ..judge import (
+    Case,
+    Exercise,
+    Invariant,
+    Mistake,
+    format_index,
+    format_number,
+    rows_sum_to_one,
+    within_zero_and_one,
+)
+from .inputs import normal_array
 
 __all__ = ["EXERCISES"]
 
@@ -49,11 +58,11 @@ def _scores(query, keys, W_q, W_k, w, squash=np.tanh):
 def _score_args(d_q, S, d_k, a, dtype=np.float32):
     def make(rng):
         return (
-            _normal(rng, (d_q,), dtype),
-            _normal(rng, (S, d_k), dtype),
-            _normal(rng, (d_q, a), dtype),
-            _normal(rng, (d_k, a), dtype),
-            _normal(rng, (a,), dtype),
+            normal_array(rng, (d_q,), dtype),
+            normal_array(rng, (S, d_k), dtype),
+            normal_array(rng, (d_q, a), dtype),
+            normal_array(rng, (d_k, a), dtype),
+            normal_array(rng, (a,), dtype),
         )
 
     return make
@@ -68,7 +77,8 @@ def bounded_by_w() -> Invariant:
         bad = np.abs(scores) > bound * (1 + tol["rtol"]) + tol["atol"]
         if bool(np.any(bad)):
             first = np.argwhere(bad)[0]
-            return f"score {_index(first)} is {_number(scores[tuple(first)])}, beyond sum(|w|) = {_number(bound)}"
+            value = format_number(scores[tuple(first)])
+            return f"score {format_index(first)} is {value}, beyond sum(|w|) = {format_number(bound)}"
         return None
 
     return Invariant("every score lies within -sum(|w|) and sum(|w|) (tanh is between -1 and 1)", violation)
@@ -139,12 +149,12 @@ SCORES = Exercise(
 def _additive_args(L, S, d_q, d_k, dv, a, batch=(), dtype=np.float32):
     def make(rng):
         return (
-            _normal(rng, (*batch, L, d_q), dtype),
-            _normal(rng, (*batch, S, d_k), dtype),
-            _normal(rng, (*batch, S, dv), dtype),
-            _normal(rng, (d_q, a), dtype),
-            _normal(rng, (d_k, a), dtype),
-            _normal(rng, (a,), dtype),
+            normal_array(rng, (*batch, L, d_q), dtype),
+            normal_array(rng, (*batch, S, d_k), dtype),
+            normal_array(rng, (*batch, S, dv), dtype),
+            normal_array(rng, (d_q, a), dtype),
+            normal_array(rng, (d_k, a), dtype),
+            normal_array(rng, (a,), dtype),
         )
 
     return make
@@ -230,11 +240,11 @@ ADDITIVE = Exercise(
 def _cross_args(L, S, d_model, d_k, dv, batch=(), dtype=np.float32):
     def make(rng):
         return (
-            _normal(rng, (*batch, L, d_model), dtype),
-            _normal(rng, (*batch, S, d_model), dtype),
-            _normal(rng, (d_model, d_k), dtype),
-            _normal(rng, (d_model, d_k), dtype),
-            _normal(rng, (d_model, dv), dtype),
+            normal_array(rng, (*batch, L, d_model), dtype),
+            normal_array(rng, (*batch, S, d_model), dtype),
+            normal_array(rng, (d_model, d_k), dtype),
+            normal_array(rng, (d_model, d_k), dtype),
+            normal_array(rng, (d_model, dv), dtype),
         )
 
     return make

@@ -18,9 +18,9 @@ import math
 
 import numpy as np
 
-from ..tiled import tiled_attention as reference_tiled
-from .attention import _normal
-from .core import Case, Exercise, Invariant, Mistake, _index, _number
+from ...tiled import tiled_attention as reference_tiled
+from ..judge import Case, Exercise, Invariant, Mistake, format_index, format_number
+from .inputs import normal_array
 
 __all__ = ["EXERCISES"]
 
@@ -45,10 +45,10 @@ def _state_case(L, C, dv, *, first=False, jump=0.0, dtype=np.float32):
     """A consistent running state (from an earlier tile of 4 keys), and a new tile shifted by ``jump``."""
 
     def make(rng):
-        earlier = _normal(rng, (L, 4), dtype) * 2
-        earlier_values = _normal(rng, (4, dv), dtype)
-        scores = (_normal(rng, (L, C), dtype) * 2 + jump).astype(dtype)
-        values = _normal(rng, (C, dv), dtype)
+        earlier = normal_array(rng, (L, 4), dtype) * 2
+        earlier_values = normal_array(rng, (4, dv), dtype)
+        scores = (normal_array(rng, (L, C), dtype) * 2 + jump).astype(dtype)
+        values = normal_array(rng, (C, dv), dtype)
         if first:
             m = np.full((L, 1), -np.inf, dtype=dtype)
             return m, np.zeros((L, 1), dtype), np.zeros((L, dv), dtype), scores, values
@@ -67,7 +67,7 @@ def sum_at_least_one() -> Invariant:
         bad = l_new < 1 - tol["atol"] - tol["rtol"]
         if bool(np.any(bad)):
             first = np.argwhere(bad)[0]
-            return f"l_new{_index(first)} is {_number(l_new[tuple(first)])}"
+            return f"l_new{format_index(first)} is {format_number(l_new[tuple(first)])}"
         return None
 
     return Invariant("l_new >= 1: the largest score seen so far adds exp(0) = 1 to the sum", violation)
@@ -161,9 +161,9 @@ def _tiled(q, k, v, block, *, scale=True, rescale_acc=True, floor_tiles=False):
 
 def _qkv_block(batch, L, S, d, dv, block, dtype=np.float32):
     def make(rng):
-        q = _normal(rng, (*batch, L, d), dtype)
-        k = _normal(rng, (*batch, S, d), dtype) * 1.5
-        v = _normal(rng, (*batch, S, dv), dtype)
+        q = normal_array(rng, (*batch, L, d), dtype)
+        k = normal_array(rng, (*batch, S, d), dtype) * 1.5
+        v = normal_array(rng, (*batch, S, dv), dtype)
         return q, k.astype(dtype), v, block
 
     return make
@@ -179,7 +179,8 @@ def within_value_range() -> Invariant:
         bad = (out < low - slack) | (out > high + slack)
         if bool(np.any(bad)):
             first = np.argwhere(bad)[0]
-            return f"entry {_index(first)} is {_number(out[tuple(first)])}, outside the range of its column of v"
+            value = format_number(out[tuple(first)])
+            return f"entry {format_index(first)} is {value}, outside the range of its column of v"
         return None
 
     return Invariant("each output is an average of the values: between the column's min and max", violation)

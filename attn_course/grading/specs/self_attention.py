@@ -19,10 +19,10 @@ import math
 
 import numpy as np
 
-from ..attention import scaled_dot_product_attention as reference_attention
-from ..softmax import softmax as reference_softmax
-from .attention import _normal
-from .core import Case, Exercise, Mistake, rows_sum_to_one, within_zero_and_one
+from ...attention import scaled_dot_product_attention as reference_attention
+from ...softmax import softmax as reference_softmax
+from ..judge import Case, Exercise, Mistake, rows_sum_to_one, within_zero_and_one
+from .inputs import normal_array
 
 __all__ = ["EXERCISES"]
 
@@ -37,13 +37,13 @@ def _layer_args(L, d_model, d_k, dv=None, batch=(), dtype=np.float32):
     """x (..., L, d_model), W_q and W_k (d_model, d_k), and W_v (d_model, dv) when ``dv`` is given."""
 
     def make(rng):
-        x = _normal(rng, (*batch, L, d_model), dtype)
+        x = normal_array(rng, (*batch, L, d_model), dtype)
         scale = 1.0 / math.sqrt(d_model)  # the lesson's initial scale: scores of order 1
-        W_q = (_normal(rng, (d_model, d_k), np.float64) * scale).astype(dtype)
-        W_k = (_normal(rng, (d_model, d_k), np.float64) * scale).astype(dtype)
+        W_q = (normal_array(rng, (d_model, d_k), np.float64) * scale).astype(dtype)
+        W_k = (normal_array(rng, (d_model, d_k), np.float64) * scale).astype(dtype)
         if dv is None:
             return x, W_q, W_k
-        W_v = (_normal(rng, (d_model, dv), np.float64) * scale).astype(dtype)
+        W_v = (normal_array(rng, (d_model, dv), np.float64) * scale).astype(dtype)
         return x, W_q, W_k, W_v
 
     return make

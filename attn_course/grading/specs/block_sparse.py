@@ -18,10 +18,10 @@ import math
 
 import numpy as np
 
-from .. import masks
-from ..sparse import block_sparse_attention as reference_block_sparse
-from .attention import _normal
-from .core import Case, Exercise, Mistake
+from ... import masks
+from ...sparse import block_sparse_attention as reference_block_sparse
+from ..judge import Case, Exercise, Mistake
+from .inputs import normal_array
 
 __all__ = ["EXERCISES"]
 
@@ -141,9 +141,9 @@ def _layout_case(batch, L, S, d, dv, block, layout_rule, dtype=np.float32):
     """q, k, v and a layout in which every row of tiles marks at least one tile."""
 
     def make(rng):
-        q = _normal(rng, (*batch, L, d), dtype)
-        k = (_normal(rng, (*batch, S, d), dtype) * 1.5).astype(dtype)
-        v = _normal(rng, (*batch, S, dv), dtype)
+        q = normal_array(rng, (*batch, L, d), dtype)
+        k = (normal_array(rng, (*batch, S, d), dtype) * 1.5).astype(dtype)
+        v = normal_array(rng, (*batch, S, dv), dtype)
         rows, cols = -(-L // block), -(-S // block)
         layout = layout_rule(rng, rows, cols)
         return q, k, v, layout, block

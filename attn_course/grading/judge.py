@@ -1,4 +1,4 @@
-"""What an exercise is, and how one answer is judged.
+"""Judging one answer: what an exercise is, and the verdict on what a learner's function returned.
 
 An :class:`Exercise` is one function the learner writes (``softmax(x)``), with
 
@@ -17,8 +17,9 @@ An :class:`Exercise` is one function the learner writes (``softmax(x)``), with
 :func:`judge` compares one returned value with the reference, in this order:
 type, shape, dtype, finiteness, values (tolerance per dtype, from
 ``attn_course.tolerances``), invariants. It is used in the learner's notebook
-(``attn_course.checking.check``) and in the grader's own process
-(``attn_course.grade``), so both give the same verdict and the same hint.
+(``attn_course.grading.selfcheck.check``) and in the grader's own process
+(``attn_course.grading.grade``), so both give the same verdict and the same hint.
+The exercises themselves are defined in ``attn_course.grading.specs``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,12 @@ __all__ = [
     "Raised",
     "Verdict",
     "describe",
+    "format_index",
+    "format_number",
     "judge",
+    "rows_sum_to_one",
+    "within_zero_and_one",
+    "zero_where_masked",
 ]
 
 SAFE_NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -215,11 +221,13 @@ def _expectation(array: np.ndarray) -> str:
     return f"a NumPy {array.dtype} array of shape {tuple(array.shape)}"
 
 
-def _index(position) -> str:
+def format_index(position) -> str:
+    """An array position as the learner would index it: ``[1, 0, 2]``."""
     return "[" + ", ".join(str(int(i)) for i in position) + "]"
 
 
-def _number(value) -> str:
+def format_number(value) -> str:
+    """A number in six significant digits (``nan``, ``inf`` as such), for verdicts and invariant messages."""
     value = float(value)
     return repr(value) if not math.isfinite(value) else f"{value:.6g}"
 
@@ -385,7 +393,8 @@ def _type_hint(actual) -> str | None:
 
 def _first(where: np.ndarray, expected: np.ndarray, actual: np.ndarray, words: str) -> str:
     first = np.argwhere(where)[0] if where.ndim else ()
-    return f"{words} {_index(first)}: expected {_number(expected[tuple(first)])}, got {_number(actual[tuple(first)])}"
+    wanted, came = format_number(expected[tuple(first)]), format_number(actual[tuple(first)])
+    return f"{words} {format_index(first)}: expected {wanted}, got {came}"
 
 
 def _array_problem(actual, expected: np.ndarray, template: np.ndarray) -> tuple[str, str, str, str] | None:
@@ -480,7 +489,8 @@ def rows_sum_to_one(output: int = 0, mask_arg: int | None = None) -> Invariant:
         bad = np.abs(sums - target) > tol["atol"] * weights.shape[-1] + tol["rtol"]
         if bool(np.any(bad)):
             first = np.argwhere(bad)[0]
-            return f"row {_index(first)} sums to {_number(sums[tuple(first)])}, not {_number(target[tuple(first)])}"
+            total, wanted = format_number(sums[tuple(first)]), format_number(target[tuple(first)])
+            return f"row {format_index(first)} sums to {total}, not {wanted}"
         return None
 
     description = "each row sums to 1"
@@ -500,7 +510,7 @@ def zero_where_masked(output: int, mask_arg: int) -> Invariant:
         bad = ~mask & (weights != 0)
         if bool(np.any(bad)):
             first = np.argwhere(bad)[0]
-            return f"entry {_index(first)} is masked out but has weight {_number(weights[tuple(first)])}"
+            return f"entry {format_index(first)} is masked out but has weight {format_number(weights[tuple(first)])}"
         return None
 
     return Invariant("masked entries are exactly 0", violation)
@@ -514,7 +524,7 @@ def within_zero_and_one(output: int = 0) -> Invariant:
         bad = (weights < -tol["atol"]) | (weights > 1 + tol["atol"])
         if bool(np.any(bad)):
             first = np.argwhere(bad)[0]
-            return f"entry {_index(first)} is {_number(weights[tuple(first)])}"
+            return f"entry {format_index(first)} is {format_number(weights[tuple(first)])}"
         return None
 
     return Invariant("every weight lies between 0 and 1", violation)

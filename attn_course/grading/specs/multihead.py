@@ -19,12 +19,12 @@ import math
 
 import numpy as np
 
-from ..multihead import MultiHeadAttention
-from ..multihead import merge_heads as reference_merge
-from ..multihead import split_heads as reference_split
-from ..softmax import softmax as reference_softmax
-from .attention import _normal
-from .core import Case, Exercise, Mistake, rows_sum_to_one, within_zero_and_one
+from ...multihead import MultiHeadAttention
+from ...multihead import merge_heads as reference_merge
+from ...multihead import split_heads as reference_split
+from ...softmax import softmax as reference_softmax
+from ..judge import Case, Exercise, Mistake, rows_sum_to_one, within_zero_and_one
+from .inputs import normal_array
 
 __all__ = ["EXERCISES"]
 
@@ -53,7 +53,7 @@ def _split_heads_last(x, num_heads):
     return x.reshape(*batch, L, num_heads, width // num_heads)
 
 
-def _merge_no_transpose(x):
+def merge_heads_no_transpose(x):
     *batch, h, L, head_dim = x.shape
     return x.reshape(*batch, L, h * head_dim)
 
@@ -75,7 +75,7 @@ WRONG_ORDER_MERGE = (
 
 
 def _split_case(shape, num_heads, dtype=np.float32):
-    return lambda rng: (_normal(rng, shape, dtype), num_heads)
+    return lambda rng: (normal_array(rng, shape, dtype), num_heads)
 
 
 SPLIT = Exercise(
@@ -123,17 +123,19 @@ MERGE = Exercise(
     lesson=LESSON,
     reference=reference_merge,
     cases=(
-        Case("single", "x: float32 (2, 3, 4) -> (3, 8)", lambda rng: (_normal(rng, (2, 3, 4)),), seed=174),
-        Case("batched", "x: float32 (2, 4, 5, 3) -> (2, 5, 12)", lambda rng: (_normal(rng, (2, 4, 5, 3)),), seed=175),
+        Case("single", "x: float32 (2, 3, 4) -> (3, 8)", lambda rng: (normal_array(rng, (2, 3, 4)),), seed=174),
+        Case(
+            "batched", "x: float32 (2, 4, 5, 3) -> (2, 5, 12)", lambda rng: (normal_array(rng, (2, 4, 5, 3)),), seed=175
+        ),
         Case(
             "float64",
             "x: float64 (3, 7, 2) -> (7, 6)",
-            lambda rng: (_normal(rng, (3, 7, 2), np.float64),),
+            lambda rng: (normal_array(rng, (3, 7, 2), np.float64),),
             seed=176,
         ),
     ),
     mistakes=(
-        Mistake("heads merged in the wrong order", WRONG_ORDER_MERGE, _merge_no_transpose),
+        Mistake("heads merged in the wrong order", WRONG_ORDER_MERGE, merge_heads_no_transpose),
         Mistake(
             "features interleaved",
             "Head 0's features come first, then head 1's, and so on: move the head axis next to head_dim as "
@@ -165,9 +167,9 @@ def _reference_mha(x, W_q, W_k, W_v, W_o, num_heads):
 
 def _mha_case(L, d_model, num_heads, batch=(), dtype=np.float32):
     def make(rng):
-        x = _normal(rng, (*batch, L, d_model), dtype)
+        x = normal_array(rng, (*batch, L, d_model), dtype)
         scale = 1.0 / math.sqrt(d_model)
-        W_q, W_k, W_v, W_o = ((_normal(rng, (d_model, d_model), np.float64) * scale).astype(dtype) for _ in "qkvo")
+        W_q, W_k, W_v, W_o = ((normal_array(rng, (d_model, d_model), np.float64) * scale).astype(dtype) for _ in "qkvo")
         return x, W_q, W_k, W_v, W_o, num_heads
 
     return make
@@ -220,7 +222,7 @@ MHA = Exercise(
     ),
     invariants=(within_zero_and_one(1), rows_sum_to_one(1)),
     mistakes=(
-        Mistake("heads merged in the wrong order", WRONG_ORDER_MERGE, _mha_variant(merge=_merge_no_transpose)),
+        Mistake("heads merged in the wrong order", WRONG_ORDER_MERGE, _mha_variant(merge=merge_heads_no_transpose)),
         Mistake("heads split without the transpose", NO_TRANSPOSE_SPLIT, _mha_variant(split=_split_no_transpose)),
         Mistake(
             "scaled by sqrt(d_model)",
