@@ -1,4 +1,4 @@
-"""Attention as trainable torch modules, for the lessons that learn (05, 07, 09).
+"""Attention as trainable torch modules, for the lessons that learn (05, 07, 09, 16, 17).
 
 The modules compute attention with the package's own
 ``scaled_dot_product_attention``, called on torch tensors: the function takes
@@ -7,8 +7,20 @@ lessons use run here under torch's autograd. Only the weights are torch's
 (``nn.Linear``, learned by gradient descent).
 
 * ``SelfAttention``: one head, ``softmax(x W_q (x W_k)^T / sqrt(d_head)) x W_v``.
-* ``MultiHeadSelfAttention``: ``num_heads`` heads side by side, then ``W_o``.
-* ``TransformerBlock``: pre-LN, ``x + attn(LN(x))`` then ``x + MLP(LN(x))``
+* ``MultiHeadAttention``: ``num_heads`` heads side by side, then ``W_o``; the
+  trainable twin of ``attn_course.MultiHeadAttention``, called the same way,
+  ``mha(query, key=None, value=None, mask=None, is_causal=False, return_weights=False)``.
+  Key and value default to the query: self-attention. Cross-attention passes
+  the encoder's output as key and value: ``mha(y, memory, memory, mask=...)``.
+  ``to_numpy()`` gives the NumPy layer with the same weights.
+* ``MultiHeadSelfAttention``, ``MultiHeadCrossAttention``: that same class under
+  the two names of the transformer's diagram. They add no code (one
+  ``forward``, so a fix reaches both); they exist so that a printed model says
+  which role each layer plays, ``(self_attention): MultiHeadSelfAttention`` and
+  ``(cross_attention): MultiHeadCrossAttention``, where aliases would print
+  ``MultiHeadAttention`` twice.
+* ``FeedForward``: the position-wise MLP, ``Linear -> GELU -> Linear``.
+* ``TransformerBlock``: pre-LN, ``x + attn(LN(x))`` then ``x + FeedForward(LN(x))``
   (layer norm *before* each sub-layer, as GPT-2 and most modern models do; the
   2017 paper normalised after the residual sum, "post-LN").
 * ``CharLanguageModel``: characters in, next-character logits out, with fixed
@@ -23,19 +35,34 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import multihead
 from .attention import scaled_dot_product_attention
-from .multihead import MultiHeadAttention, merge_heads, split_heads
+from .multihead import merge_heads, split_heads
 from .positions import sinusoidal_encoding
+from .validation import check_int
 
-__all__ = ["CharLanguageModel", "MultiHeadSelfAttention", "SelfAttention", "TransformerBlock"]
+__all__ = [
+    "CharLanguageModel",
+    "FeedForward",
+    "MultiHeadAttention",
+    "MultiHeadCrossAttention",
+    "MultiHeadSelfAttention",
+    "SelfAttention",
+    "TransformerBlock",
+    "check_head_sizes",
+]
 
 
-def _check_sizes(d_model: int, num_heads: int):
-    for name, value in (("d_model", d_model), ("num_heads", num_heads)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+def check_head_sizes(d_model: int, num_heads: int) -> tuple[int, int]:
+    """``(d_model, num_heads)`` as positive integers with ``num_heads`` dividing ``d_model``, else an error."""
+    d_model = check_int("d_model", d_model, minimum=1)
+    num_heads = check_int("num_heads", num_heads, minimum=1)
     if d_model % num_heads:
-        raise ValueError(f"d_model must be divisible by num_heads; got d_model={d_model}, num_heads={num_heads}")
+        raise ValueError(
+            f"d_model must be divisible by num_heads (each head gets d_model // num_heads features); "
+            f"got d_model={d_model}, num_heads={num_heads}"
+        )
+    return d_model, num_heads
 
 
 class SelfAttention(nn.Module):
@@ -47,9 +74,8 @@ class SelfAttention(nn.Module):
 
     def __init__(self, d_model: int, d_head: int | None = None, *, bias: bool = False):
         super().__init__()
-        d_head = d_model if d_head is None else d_head
-        _check_sizes(d_model, 1)
-        _check_sizes(d_head, 1)
+        d_model = check_int("d_model", d_model, minimum=1)
+        d_head = d_model if d_head is None else check_int("d_head", d_head, minimum=1)
         self.d_model, self.d_head = d_model, d_head
         self.query = nn.Linear(d_model, d_head, bias=bias)  # x @ W_q, W_q = query.weight.T: (d_model, d_head)
         self.key = nn.Linear(d_model, d_head, bias=bias)
@@ -60,61 +86,118 @@ class SelfAttention(nn.Module):
         return scaled_dot_product_attention(q, k, v, mask, is_causal=is_causal, return_weights=return_weights)
 
 
-class MultiHeadSelfAttention(nn.Module):
-    """``num_heads`` heads of self-attention on ``d_model / num_heads`` features each, then ``W_o``.
+class MultiHeadAttention(nn.Module):
+    """``num_heads`` heads of attention on ``d_model / num_heads`` features each, then ``W_o``.
 
-    x: (..., L, d_model) -> out (..., L, d_model); with ``return_weights`` also
-    the per-head weights (..., num_heads, L, L). ``mask`` is boolean, True = may
-    attend, broadcastable to (..., num_heads, L, L).
+    Called like ``attn_course.MultiHeadAttention``: ``mha(query)`` is
+    self-attention, ``mha(y, memory, memory)`` cross-attention. Parameters, in
+    this order: ``query``, ``key``, ``value``, ``out``, each an
+    ``nn.Linear(d_model, d_model)``.
     """
 
     def __init__(self, d_model: int, num_heads: int, *, bias: bool = True):
         super().__init__()
-        _check_sizes(d_model, num_heads)
+        d_model, num_heads = check_head_sizes(d_model, num_heads)
         self.d_model, self.num_heads = d_model, num_heads
         self.query = nn.Linear(d_model, d_model, bias=bias)
         self.key = nn.Linear(d_model, d_model, bias=bias)
         self.value = nn.Linear(d_model, d_model, bias=bias)
         self.out = nn.Linear(d_model, d_model, bias=bias)
 
-    def forward(self, x, mask=None, is_causal: bool = False, return_weights: bool = False):
-        q = split_heads(self.query(x), self.num_heads)  # (..., h, L, d_head)
-        k = split_heads(self.key(x), self.num_heads)
-        v = split_heads(self.value(x), self.num_heads)
+    def forward(self, query, key=None, value=None, mask=None, is_causal: bool = False, return_weights: bool = False):
+        """Attend from ``query`` to ``key``/``value`` with every head.
+
+        query: (..., L, d_model); key: (..., S, d_model), default ``query``
+        (self-attention); value: (..., S, d_model), default ``key``.
+        mask: boolean, True = may attend, as for ``attn_course.MultiHeadAttention``:
+            ``(L, S)``: the same for every sequence and head;
+            ``(..., L, S)`` with as many axes as ``query``: one per sequence;
+            ``(..., h or 1, L, S)`` with one more axis: one per head, e.g. a padding mask ``(B, 1, 1, S)``.
+        is_causal: also forbid keys ``j > i``.
+        Returns out (..., L, d_model), and the per-head weights (..., h, L, S) too if ``return_weights``.
+        """
+        key = query if key is None else key
+        value = key if value is None else value
+        for name, tensor in (("query", query), ("key", key), ("value", value)):
+            self._check_input(name, tensor)
+        if mask is not None and getattr(mask, "ndim", 0) == query.ndim > 2:
+            mask = mask[..., None, :, :]  # (..., 1, L, S): the sequence's mask, the same for every head
+        q = split_heads(self.query(query), self.num_heads)  # (..., h, L, d_head): what each position asks
+        k = split_heads(self.key(key), self.num_heads)  # (..., h, S, d_head): what each key position offers
+        v = split_heads(self.value(value), self.num_heads)  # (..., h, S, d_head)
         heads, weights = scaled_dot_product_attention(q, k, v, mask, is_causal=is_causal, return_weights=True)
         out = self.out(merge_heads(heads))  # (..., L, d_model)
         return (out, weights) if return_weights else out
 
-    def to_numpy(self) -> MultiHeadAttention:
+    def _check_input(self, name: str, tensor) -> None:
+        if not isinstance(tensor, torch.Tensor) or not torch.is_floating_point(tensor):
+            what = f"dtype {tensor.dtype}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise TypeError(
+                f"{name} must be a float torch tensor (..., n, d_model={self.d_model}); got {what} "
+                "(a boolean mask goes in mask=...)"
+            )
+        if tensor.ndim < 2 or tensor.shape[-1] != self.d_model:
+            raise ValueError(
+                f"{name} must have shape (..., n, d_model) with d_model={self.d_model}; got {tuple(tensor.shape)}"
+            )
+
+    def to_numpy(self) -> multihead.MultiHeadAttention:
         """The NumPy ``attn_course.MultiHeadAttention`` with this module's weights (float32)."""
-        numpy_layer = MultiHeadAttention(self.d_model, self.num_heads, bias=self.query.bias is not None)
+        numpy_layer = multihead.MultiHeadAttention(self.d_model, self.num_heads, bias=self.query.bias is not None)
         for name, linear in (("q", self.query), ("k", self.key), ("v", self.value), ("o", self.out)):
-            setattr(numpy_layer, f"W_{name}", linear.weight.detach().T.float().numpy().copy())  # (in, out)
+            setattr(numpy_layer, f"W_{name}", linear.weight.detach().T.float().cpu().numpy().copy())  # (in, out)
             if linear.bias is not None:
-                setattr(numpy_layer, f"b_{name}", linear.bias.detach().float().numpy().copy())
+                setattr(numpy_layer, f"b_{name}", linear.bias.detach().float().cpu().numpy().copy())
         return numpy_layer
 
 
-class TransformerBlock(nn.Module):
-    """Pre-LN transformer block: ``x = x + attn(LN1(x))``, then ``x = x + MLP(LN2(x))``.
+class MultiHeadSelfAttention(MultiHeadAttention):
+    """``MultiHeadAttention`` in the role of self-attention, called ``mha(x, mask=..., is_causal=...)``.
 
-    The MLP is ``Linear(d_model, mlp_ratio * d_model) -> GELU -> Linear(back)``.
+    x: (..., L, d_model) -> out (..., L, d_model), weights (..., h, L, L).
+    """
+
+
+class MultiHeadCrossAttention(MultiHeadAttention):
+    """``MultiHeadAttention`` in the role of cross-attention, called ``mha(y, memory, memory, mask=...)``.
+
+    Queries from the decoder's ``y (..., T, d_model)``, keys and values from the
+    encoder's ``memory (..., S, d_model)``: out (..., T, d_model), weights (..., h, T, S).
+    """
+
+
+class FeedForward(nn.Sequential):
+    """The position-wise MLP of a transformer layer: ``Linear(d_model, mlp_ratio * d_model) -> GELU -> Linear(back)``.
+
+    Each position is transformed on its own (mixing positions is attention's
+    job). x: (..., L, d_model) -> (..., L, d_model). A ``Sequential``, so
+    ``feed_forward[0]`` is the first ``Linear``.
+    """
+
+    def __init__(self, d_model: int, *, mlp_ratio: int = 4):
+        d_model = check_int("d_model", d_model, minimum=1)
+        hidden = check_int("mlp_ratio", mlp_ratio, minimum=1) * d_model
+        super().__init__(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, d_model))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN transformer block: ``x = x + attn(LN1(x))``, then ``x = x + mlp(LN2(x))``.
+
+    ``attention`` is a ``MultiHeadSelfAttention``, ``mlp`` a ``FeedForward``.
     x: (..., L, d_model) -> (..., L, d_model).
     """
 
     def __init__(self, d_model: int, num_heads: int, *, mlp_ratio: int = 4, dropout: float = 0.0):
         super().__init__()
-        _check_sizes(d_model, num_heads)
+        d_model, num_heads = check_head_sizes(d_model, num_heads)
         self.norm1 = nn.LayerNorm(d_model)
         self.attention = MultiHeadSelfAttention(d_model, num_heads)
         self.norm2 = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(
-            nn.Linear(d_model, mlp_ratio * d_model), nn.GELU(), nn.Linear(mlp_ratio * d_model, d_model)
-        )
+        self.mlp = FeedForward(d_model, mlp_ratio=mlp_ratio)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, mask=None, is_causal: bool = False, return_weights: bool = False):
-        attended, weights = self.attention(self.norm1(x), mask, is_causal=is_causal, return_weights=True)
+        attended, weights = self.attention(self.norm1(x), mask=mask, is_causal=is_causal, return_weights=True)
         x = x + self.dropout(attended)
         x = x + self.dropout(self.mlp(self.norm2(x)))
         return (x, weights) if return_weights else x
@@ -131,11 +214,10 @@ class CharLanguageModel(nn.Module):
     def __init__(self, vocab_size: int, *, d_model: int = 64, num_heads: int = 4, num_layers: int = 2,
                  context_length: int = 64, dropout: float = 0.0):  # fmt: skip
         super().__init__()
-        _check_sizes(d_model, num_heads)
-        for name, value in (("vocab_size", vocab_size), ("num_layers", num_layers), ("context_length", context_length)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
-        self.context_length = context_length
+        d_model, num_heads = check_head_sizes(d_model, num_heads)
+        vocab_size = check_int("vocab_size", vocab_size, minimum=1)
+        num_layers = check_int("num_layers", num_layers, minimum=1)
+        self.context_length = check_int("context_length", context_length, minimum=1)
         self.embedding = nn.Embedding(vocab_size, d_model)
         positions = torch.from_numpy(sinusoidal_encoding(context_length, d_model))  # (context_length, d_model)
         self.register_buffer("positions", positions, persistent=False)

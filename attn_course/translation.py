@@ -21,7 +21,11 @@ left alone), as in ``attn_course.torch_modules.TransformerBlock``:
 
 Each stack ends with a layer norm. All attention is the package's
 ``scaled_dot_product_attention`` called on torch tensors (the same lines as the
-NumPy lessons), through ``MultiHeadSelfAttention`` and ``MultiHeadCrossAttention``.
+NumPy lessons), through ``torch_modules.MultiHeadAttention`` under its two role
+names: ``MultiHeadSelfAttention`` (``attn(y, mask=...)``) and
+``MultiHeadCrossAttention`` (``attn(y, memory, memory, mask=...)``, re-exported
+here). Both MLPs are ``torch_modules.FeedForward``, and the masks are the
+package's ``attn_course.masks`` patterns built on torch tensors.
 
 ``Translator(..., context="mean")`` removes cross-attention for comparison: the
 decoder then gets one summary of the source, the mean of the encoder's outputs
@@ -36,10 +40,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import scaled_dot_product_attention
-from .multihead import merge_heads, split_heads
+from . import masks
 from .positions import sinusoidal_encoding
-from .torch_modules import MultiHeadSelfAttention, TransformerBlock, _check_sizes
+from .torch_modules import (
+    FeedForward,
+    MultiHeadCrossAttention,
+    MultiHeadSelfAttention,
+    TransformerBlock,
+    check_head_sizes,
+)
+from .validation import check_int
 
 __all__ = ["DecoderLayer", "MultiHeadCrossAttention", "Translator", "decoder_self_mask", "source_padding_mask"]
 
@@ -64,43 +74,19 @@ def _check_mask_arguments(lengths_name: str, lengths, size_name: str, size) -> N
 
 
 def source_padding_mask(source_lengths: torch.Tensor, num_sources: int) -> torch.Tensor:
-    """(B, 1, 1, S) boolean: True on the first ``source_lengths[b]`` keys, the real source characters."""
+    """(B, 1, 1, S) boolean: True on the first ``source_lengths[b]`` keys, the real source characters.
+
+    ``attn_course.masks.padding_mask`` on the lengths' torch device.
+    """
     _check_mask_arguments("source_lengths", source_lengths, "num_sources", num_sources)
-    positions = torch.arange(num_sources, device=source_lengths.device)  # (S,)
-    return (positions < source_lengths[:, None])[:, None, None, :]  # (B, 1, 1, S)
+    return masks.padding_mask(source_lengths, num_sources, like=source_lengths)  # (B, 1, 1, S)
 
 
 def decoder_self_mask(target_lengths: torch.Tensor, num_targets: int) -> torch.Tensor:
     """(B, 1, T, T) boolean: key ``j`` allowed to query ``i`` when ``j <= i`` (causal) AND ``j < target_lengths[b]``."""
     _check_mask_arguments("target_lengths", target_lengths, "num_targets", num_targets)
-    positions = torch.arange(num_targets, device=target_lengths.device)  # (T,)
-    causal = positions[None, :] <= positions[:, None]  # (T, T): key j <= query i
-    real = positions < target_lengths[:, None]  # (B, T): real target positions
-    return causal[None, None] & real[:, None, None, :]  # (B, 1, T, T)
-
-
-class MultiHeadCrossAttention(MultiHeadSelfAttention):
-    """Multi-head attention from ``x`` (queries) to ``memory`` (keys and values).
-
-    x: (..., T, d_model), memory: (..., S, d_model) -> out (..., T, d_model); with
-    ``return_weights`` also the per-head weights (..., h, T, S). ``mask`` is
-    boolean, True = may attend, broadcastable to (..., h, T, S). The weights and
-    ``to_numpy`` are those of ``MultiHeadSelfAttention``: the NumPy copy computes
-    the same as ``copy(x, memory, memory, mask)``.
-    """
-
-    def forward(self, x, memory, mask=None, return_weights: bool = False):
-        if x.shape[-1] != self.d_model or memory.shape[-1] != self.d_model:
-            raise ValueError(
-                f"x and memory must have d_model={self.d_model} features; "
-                f"got x {tuple(x.shape)}, memory {tuple(memory.shape)}"
-            )
-        q = split_heads(self.query(x), self.num_heads)  # (..., h, T, d_head): what each output position asks
-        k = split_heads(self.key(memory), self.num_heads)  # (..., h, S, d_head): what each source position offers
-        v = split_heads(self.value(memory), self.num_heads)  # (..., h, S, d_head)
-        heads, weights = scaled_dot_product_attention(q, k, v, mask, return_weights=True)  # weights (..., h, T, S)
-        out = self.out(merge_heads(heads))  # (..., T, d_model)
-        return (out, weights) if return_weights else out
+    earlier_and_real = masks.causal() & masks.padding(target_lengths)  # key j <= query i, and j a real target
+    return masks.materialize(earlier_and_real, num_targets, like=target_lengths)  # (B, 1, T, T)
 
 
 class DecoderLayer(nn.Module):
@@ -113,21 +99,20 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, d_model: int, num_heads: int, *, mlp_ratio: int = 4, cross_attention: bool = True):
         super().__init__()
-        _check_sizes(d_model, num_heads)
+        d_model, num_heads = check_head_sizes(d_model, num_heads)
         self.norm_self = nn.LayerNorm(d_model)
         self.self_attention = MultiHeadSelfAttention(d_model, num_heads)
         self.norm_cross = nn.LayerNorm(d_model) if cross_attention else None
         self.cross_attention = MultiHeadCrossAttention(d_model, num_heads) if cross_attention else None
         self.norm_mlp = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(
-            nn.Linear(d_model, mlp_ratio * d_model), nn.GELU(), nn.Linear(mlp_ratio * d_model, d_model)
-        )
+        self.mlp = FeedForward(d_model, mlp_ratio=mlp_ratio)
 
     def forward(self, y, memory, self_mask, source_mask):
-        y = y + self.self_attention(self.norm_self(y), self_mask)  # (B, T, d_model): reads earlier outputs
+        y = y + self.self_attention(self.norm_self(y), mask=self_mask)  # (B, T, d_model): reads earlier outputs
         weights = None
         if self.cross_attention is not None:
-            read, weights = self.cross_attention(self.norm_cross(y), memory, source_mask, return_weights=True)
+            queries = self.norm_cross(y)  # (B, T, d_model): from the decoder; keys and values from the encoder
+            read, weights = self.cross_attention(queries, memory, memory, mask=source_mask, return_weights=True)
             y = y + read  # (B, T, d_model): reads the source
         y = y + self.mlp(self.norm_mlp(y))
         return y, weights
@@ -149,16 +134,12 @@ class Translator(nn.Module):
                  num_encoder_layers: int = 2, num_decoder_layers: int = 2, max_length: int = 64,
                  context: str = "attention"):  # fmt: skip
         super().__init__()
-        _check_sizes(d_model, num_heads)
-        for name, value in (
-            ("source_vocab_size", source_vocab_size),
-            ("target_vocab_size", target_vocab_size),
-            ("num_encoder_layers", num_encoder_layers),
-            ("num_decoder_layers", num_decoder_layers),
-            ("max_length", max_length),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        d_model, num_heads = check_head_sizes(d_model, num_heads)
+        source_vocab_size = check_int("source_vocab_size", source_vocab_size, minimum=1)
+        target_vocab_size = check_int("target_vocab_size", target_vocab_size, minimum=1)
+        num_encoder_layers = check_int("num_encoder_layers", num_encoder_layers, minimum=1)
+        num_decoder_layers = check_int("num_decoder_layers", num_decoder_layers, minimum=1)
+        max_length = check_int("max_length", max_length, minimum=1)
         if context not in self.CONTEXTS:
             raise ValueError(f"context must be one of {self.CONTEXTS}; got {context!r}")
         self.context, self.max_length = context, max_length

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from attn_course import masks
+from attn_course import masks, torch_modules
+from attn_course.torch_modules import FeedForward, MultiHeadSelfAttention
 from attn_course.translation import (
     DecoderLayer,
     MultiHeadCrossAttention,
@@ -17,6 +18,7 @@ from tests.support import assert_close
 B, T, S, D_MODEL, NUM_HEADS = 3, 5, 7, 12, 3  # unique sizes
 SOURCE_VOCAB, TARGET_VOCAB = 13, 11
 SOURCE_LENGTHS = [7, 4, 2]
+requires_torch_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch with a CUDA GPU is needed")
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +45,9 @@ def test_cross_attention_matches_the_numpy_layer_on_the_same_weights(rng):
     x = rng.standard_normal((B, T, D_MODEL)).astype(np.float32)
     memory = rng.standard_normal((B, S, D_MODEL)).astype(np.float32)
     mask = masks.padding_mask(SOURCE_LENGTHS, S)  # (B, 1, 1, S)
-    out, weights = layer(torch.from_numpy(x), torch.from_numpy(memory), torch.from_numpy(mask), return_weights=True)
+    memory_tensor = torch.from_numpy(memory)  # keys and values
+    out, weights = layer(torch.from_numpy(x), memory_tensor, memory_tensor, mask=torch.from_numpy(mask),
+                         return_weights=True)  # fmt: skip
     expected, expected_weights = layer.to_numpy()(x, memory, memory, mask=mask, return_weights=True)
     assert out.shape == (B, T, D_MODEL) and weights.shape == (B, NUM_HEADS, T, S)
     assert_close(out.detach().numpy(), expected)
@@ -51,15 +55,30 @@ def test_cross_attention_matches_the_numpy_layer_on_the_same_weights(rng):
     assert float(weights.detach()[1, :, :, 4:].abs().max()) == 0.0  # no query reads a padded source position
 
 
-def test_masks_equal_the_numpy_package_masks():
-    target_lengths = torch.tensor([5, 3, 1])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+def test_masks_equal_the_numpy_package_masks(dtype):
+    target_lengths = torch.tensor([5, 3, 0], dtype=dtype)  # a length 0 masks every key of its sequence
     expected = masks.causal_mask(T)[None, None] & masks.padding_mask(target_lengths.numpy(), T)  # (B, 1, T, T)
     got = decoder_self_mask(target_lengths, T)
     assert got.dtype == torch.bool and got.shape == (B, 1, T, T)
     np.testing.assert_array_equal(got.numpy(), expected)
-    np.testing.assert_array_equal(
-        source_padding_mask(torch.tensor(SOURCE_LENGTHS), S).numpy(), masks.padding_mask(SOURCE_LENGTHS, S)
-    )
+    # and written by hand: key j <= query i and j < length
+    positions = np.arange(T)
+    by_hand = (positions[None, :] <= positions[:, None]) & (positions < target_lengths.numpy()[:, None, None, None])
+    np.testing.assert_array_equal(got.numpy(), by_hand)
+    source_lengths = torch.tensor(SOURCE_LENGTHS, dtype=dtype)
+    got_source = source_padding_mask(source_lengths, S)
+    assert got_source.dtype == torch.bool and got_source.shape == (B, 1, 1, S)
+    np.testing.assert_array_equal(got_source.numpy(), masks.padding_mask(SOURCE_LENGTHS, S))
+    empty = torch.zeros(0, dtype=dtype)
+    assert source_padding_mask(empty, S).shape == (0, 1, 1, S) and decoder_self_mask(empty, T).shape == (0, 1, T, T)
+
+
+@requires_torch_cuda
+def test_masks_are_made_on_the_device_of_the_lengths():
+    lengths = torch.tensor(SOURCE_LENGTHS, device="cuda")
+    assert source_padding_mask(lengths, S).device == lengths.device
+    assert decoder_self_mask(lengths, S).device == lengths.device
 
 
 def test_decoder_layer_is_pre_layer_norm(rng):
@@ -70,11 +89,25 @@ def test_decoder_layer_is_pre_layer_norm(rng):
     source_mask = source_padding_mask(torch.tensor(SOURCE_LENGTHS), S)
     with torch.no_grad():
         step = y + layer.self_attention(layer.norm_self(y), is_causal=False, mask=self_mask)
-        step = step + layer.cross_attention(layer.norm_cross(step), memory, source_mask)
+        step = step + layer.cross_attention(layer.norm_cross(step), memory, memory, mask=source_mask)
         expected = step + layer.mlp(layer.norm_mlp(step))
         out, weights = layer(y, memory, self_mask, source_mask)
     assert_close(out.numpy(), expected.double().numpy(), np.float32)
     assert weights.shape == (B, NUM_HEADS, T, S)
+
+
+def test_decoder_layer_is_made_of_the_shared_modules():
+    layer = DecoderLayer(D_MODEL, NUM_HEADS, mlp_ratio=2)
+    assert MultiHeadCrossAttention is torch_modules.MultiHeadCrossAttention  # one class, re-exported
+    assert isinstance(layer.self_attention, MultiHeadSelfAttention)
+    assert isinstance(layer.cross_attention, torch_modules.MultiHeadAttention)
+    assert isinstance(layer.mlp, FeedForward) and layer.mlp[0].out_features == 2 * D_MODEL
+    names = [name for name, _ in layer.named_parameters()]  # seeded lessons rely on this order
+    assert [name.rsplit(".", 1)[0] for name in names[::2]] == [
+        "norm_self", "self_attention.query", "self_attention.key", "self_attention.value", "self_attention.out",
+        "norm_cross", "cross_attention.query", "cross_attention.key", "cross_attention.value", "cross_attention.out",
+        "norm_mlp", "mlp.0", "mlp.2",
+    ]  # fmt: skip
 
 
 def test_decoder_is_causal_and_ignores_source_padding():
@@ -169,7 +202,9 @@ def test_training_step_reaches_every_cross_attention_projection():
         (lambda m, s, n: DecoderLayer(10, 3), ValueError, "d_model"),
         (lambda m, s, n: MultiHeadCrossAttention(D_MODEL, 0), ValueError, "num_heads"),
         (lambda m, s, n: m.decoder[0].cross_attention(torch.zeros(B, T, 5), torch.zeros(B, S, D_MODEL)),
-         ValueError, "x and memory"),
+         ValueError, r"query must have shape \(\.\.\., n, d_model\) with d_model=12; got \(3, 5, 5\)"),
+        (lambda m, s, n: m.decoder[0].cross_attention(torch.zeros(B, T, D_MODEL), torch.zeros(B, S, 5)),
+         ValueError, "key must have shape"),
     ],
 )  # fmt: skip
 def test_bad_input_is_refused_with_the_argument_named(call, error, name):

@@ -29,12 +29,12 @@ lengths that the padding masks are built from.
 from __future__ import annotations
 
 import datetime
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import masks
+from ..validation import check_int
 
 __all__ = [
     "FORMATS",
@@ -116,14 +116,6 @@ class DateSplits:
     test: tuple[tuple[str, str], ...]
 
 
-def _check_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer; got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}; got {value}")
-    return int(value)
-
-
 def make_date_splits(num_train: int, num_valid: int, num_test: int, *, seed: int = 0) -> DateSplits:
     """Seeded train / validation / test pairs ``("3 mars 1998", "1998-03-03")`` with no date in two splits.
 
@@ -133,10 +125,10 @@ def make_date_splits(num_train: int, num_valid: int, num_test: int, *, seed: int
     source string) is in two splits. Each date is written in one format drawn
     uniformly from ``FORMATS``. The same arguments always give the same splits.
     """
-    num_train = _check_count("num_train", num_train, 1)
-    num_valid = _check_count("num_valid", num_valid, 0)
-    num_test = _check_count("num_test", num_test, 0)
-    seed = _check_count("seed", seed, 0)
+    num_train = check_int("num_train", num_train, minimum=1)
+    num_valid = check_int("num_valid", num_valid, minimum=0)
+    num_test = check_int("num_test", num_test, minimum=0)
+    seed = check_int("seed", seed, minimum=0)
     first = datetime.date(FIRST_YEAR, 1, 1)
     num_days = (datetime.date(LAST_YEAR, 12, 31) - first).days + 1
     total = num_train + num_valid + num_test

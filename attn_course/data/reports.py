@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dates import _check_count
+from ..validation import check_int
 
 __all__ = [
     "FILLERS",
@@ -146,13 +146,13 @@ def make_report_splits(
     training the rest. The same arguments always give the
     same splits.
     """
-    num_train = _check_count("num_train", num_train, 1)
-    num_valid = _check_count("num_valid", num_valid, 0)
-    num_test = _check_count("num_test", num_test, 0)
-    seed = _check_count("seed", seed, 0)
-    min_sentences = _check_count("min_sentences", min_sentences, 1)
-    max_sentences = _check_count("max_sentences", max_sentences, min_sentences)
-    max_problems = _check_count("max_problems", max_problems, 0)
+    num_train = check_int("num_train", num_train, minimum=1)
+    num_valid = check_int("num_valid", num_valid, minimum=0)
+    num_test = check_int("num_test", num_test, minimum=0)
+    seed = check_int("seed", seed, minimum=0)
+    min_sentences = check_int("min_sentences", min_sentences, minimum=1)
+    max_sentences = check_int("max_sentences", max_sentences, minimum=min_sentences)
+    max_problems = check_int("max_problems", max_problems, minimum=0)
     total = num_train + num_valid + num_test
     if total > 1_000_000:
         raise ValueError(f"num_train + num_valid + num_test must be at most 1,000,000; got {total}")
