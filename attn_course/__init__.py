@@ -1,13 +1,18 @@
 """attn_course: self-attention from dot products to sparse, memory-efficient and GPU attention.
 
-The functions the lessons build step by step, done properly: NumPy code that
-runs unchanged on CuPy arrays (the array library comes from the inputs),
-checked against torch. Importing the package never touches CUDA and never
-imports torch or matplotlib; ``attn_course.viz`` (pictures) and
-``attn_course.check_env`` (is this machine ready?) are imported on demand.
+The functions the lessons build step by step: each public module reads top to
+bottom as its lesson's algorithm, in array-API code that runs unchanged on
+NumPy, CuPy and torch arrays (the array library comes from the inputs), checked
+against torch. For NumPy arrays the CPU fast paths in ``attn_course.fast`` take
+over by one visible line; ``with attn_course.fast.disabled():`` (or
+``ATTN_COURSE_FAST=0``) keeps the reference code. Importing the package never
+touches CUDA and never imports torch or matplotlib; ``attn_course.viz``
+(pictures), ``attn_course.measure`` (timing and memory), ``attn_course.grading``
+(exercises) and ``attn_course.check_env`` (is this machine ready?) are imported
+on demand.
 """
 
-from . import masks
+from . import fast, layouts, masks
 from .additive import additive_attention
 from .attention import scaled_dot_product_attention
 from .backend import asarray, default_backend, get_namespace, gpu_available, to_numpy
@@ -27,8 +32,10 @@ __all__ = [
     "asarray",
     "block_sparse_attention",
     "default_backend",
+    "fast",
     "get_namespace",
     "gpu_available",
+    "layouts",
     "linear_attention",
     "masks",
     "merge_heads",

@@ -13,10 +13,9 @@ There is no scaling: the network learns the size of its scores.
 
 from __future__ import annotations
 
-from .attention import attention_mask, check_qkv
+from .attention import attend, attention_mask
 from .backend import get_namespace
-from .softmax import masked_softmax
-from .validation import as_array, as_float_array, check_bool, compute_dtype, require_finite, shape_of
+from .validation import as_array, as_float_array, check_bool, check_qkv, compute_dtype, require_finite, shape_of
 
 __all__ = ["additive_attention"]
 
@@ -74,8 +73,7 @@ def additive_attention(query, keys, values, W_q, W_k, w, mask=None, return_weigh
     projected_k = xp.astype(keys, work) @ xp.astype(W_k, work)  # (..., S, a)
     hidden = xp.tanh(projected_q[..., :, None, :] + projected_k[..., None, :, :])  # (..., L, S, a)
     scores = xp.sum(hidden * xp.astype(w, work), axis=-1)  # (..., L, S)
-    weights = masked_softmax(scores, -1, mask, xp)  # (..., L, S)
-    out = xp.astype(weights @ xp.astype(values, work), query.dtype)  # (..., L, dv)
+    out, weights = attend(scores, xp.astype(values, work), mask, xp)  # (..., L, dv), (..., L, S)
     if return_weights:
-        return out, xp.astype(weights, query.dtype)
-    return out
+        return xp.astype(out, query.dtype), xp.astype(weights, query.dtype)
+    return xp.astype(out, query.dtype)

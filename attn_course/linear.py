@@ -47,8 +47,7 @@ from __future__ import annotations
 
 import array_api_compat
 
-from .attention import check_qkv
-from .validation import check_bool, compute_dtype, dtype_name, shape_of
+from .validation import check_bool, check_qkv, compute_dtype, dtype_name, shape_of
 
 __all__ = ["elu_feature_map", "linear_attention"]
 

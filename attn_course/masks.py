@@ -29,25 +29,25 @@ bigbird(n, b, ...)     BigBird's block pattern: window + global + random blocks
 padding(lengths)       ``j < lengths[batch]``: keys past a sequence's length are padding
 =====================  ==========================================================
 
-``block_layout(mask, block)`` reduces a mask to blocks of ``block x block``
-pairs: True where a block holds any allowed pair. Sparse attention computes
-only those blocks. ``block_cover`` adds which blocks are allowed entirely (no
-element mask needed there). For a predicate neither visits the ``L * S``
-pairs when the pattern has a tile rule: offset patterns (causal, windows,
-strided) decide a tile from the range of offsets ``i - j`` it covers; global
-tokens, Longformer, fixed and BigBird have rules of their own.
+Each predicate also says what it knows about tiles of pairs (an ``offset_rule``
+for patterns of ``i - j``, a ``tile_rule`` for global tokens, fixed and BigBird),
+so that ``block_layout(mask, block)``, which reduces a mask to blocks of
+``block x block`` pairs (True where a block holds any allowed pair, the blocks
+sparse attention computes), never visits the ``L * S`` pairs. Block layouts
+live in ``attn_course.layouts``; ``block_layout``, ``block_cover`` and
+``BlockCover`` are importable from here as well.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import NamedTuple
 
 import array_api_compat
 import numpy as np
 
 from .backend import creation_namespace, get_namespace, to_numpy
+from .layouts import BlockCover, block_cover, block_layout
 from .validation import as_array, check_bool, check_int, dtype_name, shape_of
 
 __all__ = [
@@ -85,23 +85,26 @@ class MaskPredicate:
 
     ``i`` (query positions) and ``j`` (key positions) are integer arrays that
     broadcast against each other, e.g. ``i`` of shape ``(L, 1)`` and ``j`` of
-    shape ``(1, S)``. ``offset_rule``, when given, says the pattern depends only
-    on ``i - j`` (it maps offsets to booleans); ``block_layout`` uses it to find
-    the layout from ``L + S`` offsets instead of ``L * S`` pairs.
+    shape ``(1, S)``. What the pattern knows about itself, for planning tiles
+    without visiting every pair (``attn_course.layouts``):
 
-    ``block_rule(block, L, S)``, when given, returns the pattern's ``BlockCover``
-    (which tiles hold some allowed pair, which are entirely allowed) without
-    visiting the pairs; patterns with an ``offset_rule`` get one automatically.
-    Sparse attention uses it to plan which tiles to compute.
+    * ``offset_rule(d)``: the pattern depends only on ``d = i - j`` (causal,
+      windows, strided), and this maps offsets to booleans;
+    * ``tile_rule(first_i, last_i, first_j, last_j) -> (some, every)``: for
+      rectangles of pairs given by their bounds, whether one pair / every pair
+      is allowed (``every_exact=False``: ``every`` may miss a rectangle that is
+      in fact entirely allowed);
+    * ``parts``: how a combined pattern was made, ``("|", a, b)``, ``("&", a, b)``
+      or ``("~", a)``.
     """
 
-    def __init__(self, rule, description: str, offset_rule=None, block_rule=None):
+    def __init__(self, rule, description: str, offset_rule=None, tile_rule=None, every_exact=True, parts=None):
         self._rule = rule
         self.description = description
         self.offset_rule = offset_rule
-        if block_rule is None and offset_rule is not None:
-            block_rule = lambda block, L, S: _cover_from_offsets(offset_rule, block, L, S)
-        self.block_rule = block_rule
+        self.tile_rule = tile_rule
+        self.every_exact = every_exact
+        self.parts = parts
 
     def __call__(self, i, j):
         return self._rule(i, j)
@@ -115,17 +118,11 @@ class MaskPredicate:
         offset_rule = None
         if self.offset_rule is not None and other.offset_rule is not None:
             offset_rule = lambda d: op(self.offset_rule(d), other.offset_rule(d))
-        block_rule = None
-        if offset_rule is None and symbol == "|" and self.block_rule is not None and other.block_rule is not None:
-            # a tile holds an allowed pair when either pattern puts one there (exact); it is entirely
-            # allowed at least where either pattern allows all of it (the union may cover more)
-            def block_rule(block, L, S):
-                mine, theirs = self.block_rule(block, L, S), other.block_rule(block, L, S)
-                return BlockCover(mine.some | theirs.some, mine.every | theirs.every, every_exact=False)
-
-        # "&" of two non-offset patterns has no exact tile rule: block_layout evaluates it tile row by tile row
         return MaskPredicate(
-            lambda i, j: op(self(i, j), other(i, j)), f"({self} {symbol} {other})", offset_rule, block_rule
+            lambda i, j: op(self(i, j), other(i, j)),
+            f"({self} {symbol} {other})",
+            offset_rule,
+            parts=(symbol, self, other),
         )
 
     def __and__(self, other):
@@ -136,16 +133,7 @@ class MaskPredicate:
 
     def __invert__(self):
         offset_rule = None if self.offset_rule is None else (lambda d: ~self.offset_rule(d))
-        block_rule = None
-        if offset_rule is None and self.block_rule is not None:
-
-            def block_rule(block, L, S):
-                cover = self.block_rule(block, L, S)
-                if not cover.every_exact:  # "not entirely allowed" would not mean "holds a forbidden pair"
-                    return _cover_by_tile_rows(~self, block, L, S)
-                return BlockCover(~cover.every, ~cover.some, every_exact=True)
-
-        return MaskPredicate(lambda i, j: ~self(i, j), f"~{self}", offset_rule, block_rule)
+        return MaskPredicate(lambda i, j: ~self(i, j), f"~{self}", offset_rule, parts=("~", self))
 
 
 def _offset_predicate(offset_rule, description: str) -> MaskPredicate:
@@ -228,7 +216,8 @@ def fixed(block: int, c: int) -> MaskPredicate:
     return MaskPredicate(
         lambda i, j: (j <= i) & ((j // block == i // block) | (j % block >= block - c)),
         f"fixed({block}, {c})",
-        block_rule=lambda tile, L, S: _cover_by_row_chunks(tile_rule, tile, L, S, every_exact=False),
+        tile_rule=tile_rule,
+        every_exact=False,
     )
 
 
@@ -270,7 +259,7 @@ def global_tokens(global_idx) -> MaskPredicate:
     return MaskPredicate(
         lambda i, j: _is_listed(i, listed) | _is_listed(j, listed),
         f"global_tokens({listed.tolist()})",
-        block_rule=lambda tile, L, S: _cover_by_row_chunks(tile_rule, tile, L, S, every_exact=True),
+        tile_rule=tile_rule,
     )
 
 
@@ -342,21 +331,21 @@ def bigbird(
     allowed_below[1:, 1:] = np.cumsum(np.cumsum(layout, axis=0), axis=1)
 
     def tile_rule(first_i, last_i, first_j, last_j):
+        if np.max(last_i) >= n or np.max(last_j) >= n:
+            raise ValueError(
+                f"this bigbird pattern was drawn for n={n} positions; got positions up to "
+                f"{int(np.max(last_i))} (queries) and {int(np.max(last_j))} (keys)"
+            )
         top, bottom = first_i // block, last_i // block + 1  # pattern blocks [top, bottom) x [left, right)
         left, right = first_j // block, last_j // block + 1
         allowed = allowed_below[bottom, right] - allowed_below[top, right] - allowed_below[bottom, left]
         allowed = allowed + allowed_below[top, left]
         return allowed > 0, allowed == (bottom - top) * (right - left)
 
-    def block_rule(tile, L, S):
-        if max(L, S) > n:
-            raise ValueError(f"this bigbird pattern was drawn for n={n} positions; got L={L}, S={S}")
-        return _cover_by_row_chunks(tile_rule, tile, L, S, every_exact=True)
-
     description = (
         f"bigbird(n={n}, block={block}, {num_window_blocks}, {num_global_blocks}, {num_random_blocks}, seed={seed})"
     )
-    return MaskPredicate(rule, description, block_rule=block_rule)
+    return MaskPredicate(rule, description, tile_rule=tile_rule)
 
 
 def _lengths_array(lengths, like):
@@ -487,157 +476,3 @@ def bigbird_mask(
     """``(n, n)`` boolean: BigBird's window + global + random block pattern (see ``bigbird``)."""
     predicate = bigbird(n, block, num_window_blocks, num_global_blocks, num_random_blocks, seed=seed)
     return _square_mask(n, predicate, like)
-
-
-# --------------------------------------------------------------------------- block layouts
-
-
-class BlockCover(NamedTuple):
-    """How a mask meets the ``block x block`` tiles of the scores, both ``(..., rows, cols)`` boolean NumPy arrays.
-
-    some:  the tile holds at least one allowed pair (exact): the tiles to compute.
-    every: every pair of the tile is allowed: no element mask is needed there.
-        Always correct where True; ``every_exact=False`` says it may be False
-        for a tile that is in fact entirely allowed (the tile is then masked
-        element by element, which costs time but changes no result).
-    """
-
-    some: np.ndarray
-    every: np.ndarray
-    every_exact: bool = True
-
-
-def _is_predicate(mask) -> bool:
-    return isinstance(mask, MaskPredicate) or (callable(mask) and not array_api_compat.is_array_api_obj(mask))
-
-
-def block_layout(mask, block: int, L: int | None = None, S: int | None = None, *, like=None):
-    """Which ``block x block`` tiles of the scores hold any allowed pair.
-
-    mask: a boolean array ``(..., L, S)`` or a predicate (then ``L`` and ``S``
-    are required). Returns a boolean ``(..., ceil(L/block), ceil(S/block))``
-    array, ``True`` where the tile holds at least one allowed pair; the last
-    row/column of tiles may be partial.
-
-    A predicate is never evaluated as a whole ``(L, S)`` array: a pattern that
-    depends only on ``i - j`` (causal, windows, strided) is decided from the
-    ``L + S - 1`` possible offsets; global tokens, Longformer, the fixed and
-    BigBird patterns from their tile rules; any other is evaluated one row of
-    tiles (``block x S`` pairs) at a time.
-    """
-    block = check_int("block", block, minimum=1)
-    if _is_predicate(mask):
-        layout = block_cover(mask, block, L, S).some
-        xp, device = creation_namespace(like)
-        return xp.asarray(layout, device=device)
-    mask = _check_mask_array(mask, L, S)
-    return _layout_of_array(mask, block, get_namespace(mask))
-
-
-def block_cover(mask, block: int, L: int | None = None, S: int | None = None) -> BlockCover:
-    """The ``BlockCover`` of a mask: which tiles hold some allowed pair, which are entirely allowed.
-
-    Like ``block_layout`` (``block_cover(...).some`` is the layout), plus the
-    tiles that need no element mask. Returns NumPy arrays whatever the
-    library of an array ``mask``: they plan the work, they are not part of it.
-    """
-    block = check_int("block", block, minimum=1)
-    if _is_predicate(mask):
-        if L is None or S is None:
-            raise ValueError("block_layout of a predicate needs the sequence lengths L and S")
-        L = check_int("L", L, minimum=1)
-        S = check_int("S", S, minimum=1)
-        block_rule = getattr(mask, "block_rule", None)
-        if block_rule is not None:
-            return block_rule(block, L, S)
-        return _cover_by_tile_rows(mask, block, L, S)
-    mask = to_numpy(_check_mask_array(mask, L, S))
-    xp = array_api_compat.array_namespace(mask)
-    return BlockCover(_layout_of_array(mask, block, xp), _layout_of_array(mask, block, xp, every=True))
-
-
-def _check_mask_array(mask, L, S):
-    mask = as_array("mask", mask)
-    xp = get_namespace(mask)
-    if not xp.isdtype(mask.dtype, "bool"):
-        raise TypeError(f"mask must be boolean (True = may attend); got dtype {dtype_name(mask.dtype)}")
-    if mask.ndim < 2:
-        raise ValueError(f"mask must have at least 2 dimensions (..., L, S); got shape {shape_of(mask)}")
-    mask_L, mask_S = shape_of(mask)[-2:]
-    if (L is not None and L != mask_L) or (S is not None and S != mask_S):
-        raise ValueError(f"L={L}, S={S} do not match the mask of shape {shape_of(mask)}")
-    return mask
-
-
-def _layout_of_array(mask, block: int, xp, every: bool = False):
-    """Tile-wise ``any`` (or, with ``every``, ``all``) of a boolean ``(..., L, S)`` array."""
-    *batch, L, S = shape_of(mask)
-    rows, cols = math.ceil(L / block), math.ceil(S / block)
-    device = array_api_compat.device(mask)
-    # pad with the value that changes nothing: False for any, True for all
-    padded = (xp.ones if every else xp.zeros)((*batch, rows * block, cols * block), dtype=xp.bool, device=device)
-    padded[..., :L, :S] = mask
-    tiles = xp.reshape(padded, (*batch, rows, block, cols, block))
-    reduce = xp.all if every else xp.any
-    return reduce(reduce(tiles, axis=-1), axis=-2)  # (..., rows, cols)
-
-
-def _tile_bounds(block: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """First and last position of each tile along an axis of length ``n``."""
-    first = np.arange(0, n, block, dtype=np.int64)
-    return first, np.minimum(first + block, n) - 1
-
-
-def _cover_by_row_chunks(tile_rule, block: int, L: int, S: int, every_exact: bool) -> BlockCover:
-    """Apply ``tile_rule(first_i, last_i, first_j, last_j) -> (some, every)`` to every tile.
-
-    The bounds come as ``(rows, 1)`` and ``(1, cols)`` integer arrays; the rule
-    sees a bounded number of tile rows at a time, so that its temporaries stay
-    small even for ``L / block = 10^4`` rows of tiles.
-    """
-    first_i, last_i = _tile_bounds(block, L)
-    first_j, last_j = _tile_bounds(block, S)
-    rows, cols = first_i.size, first_j.size
-    some = np.empty((rows, cols), dtype=bool)
-    every = np.empty((rows, cols), dtype=bool)
-    step = max(1, 2**16 // cols)
-    for start in range(0, rows, step):
-        part = slice(start, start + step)
-        part_some, part_every = tile_rule(first_i[part, None], last_i[part, None], first_j[None, :], last_j[None, :])
-        some[part], every[part] = part_some, part_every
-    return BlockCover(some, every, every_exact)
-
-
-def _cover_from_offsets(offset_rule, block: int, L: int, S: int) -> BlockCover:
-    """Cover of a pattern that depends only on ``d = i - j``, from its ``L + S - 1`` offsets.
-
-    Tile ``(r, c)`` covers offsets ``first_i - last_j .. last_i - first_j``, every
-    integer in between; it holds an allowed pair when any of them is allowed,
-    and is entirely allowed when all of them are: a prefix sum over the allowed
-    offsets answers both in O(1) per tile.
-    """
-    offsets = np.arange(-(S - 1), L)  # every possible i - j
-    allowed = np.asarray(offset_rule(offsets), dtype=bool)
-    prefix = np.concatenate([[0], np.cumsum(allowed)])  # prefix[k] = allowed offsets below index k
-
-    def tile_rule(first_i, last_i, first_j, last_j):
-        lowest = first_i - last_j + (S - 1)  # as indices into offsets
-        highest = last_i - first_j + (S - 1)
-        count = prefix[highest + 1] - prefix[lowest]
-        return count > 0, count == highest - lowest + 1
-
-    return _cover_by_row_chunks(tile_rule, block, L, S, every_exact=True)
-
-
-def _cover_by_tile_rows(mask_fn, block: int, L: int, S: int) -> BlockCover:
-    """Cover of any predicate, evaluated one row of tiles (``block x S`` pairs) at a time."""
-    xp = array_api_compat.array_namespace(np.empty(0))
-    j = np.arange(S)[None, :]
-    some_rows, every_rows = [], []
-    for start in range(0, L, block):
-        i = np.arange(start, min(start + block, L))[:, None]
-        allowed = np.asarray(mask_fn(i, j), dtype=bool)
-        allowed = np.broadcast_to(allowed, np.broadcast_shapes(allowed.shape, (i.shape[0], S)))
-        some_rows.append(_layout_of_array(allowed, block, xp)[..., 0, :])  # (..., cols)
-        every_rows.append(_layout_of_array(allowed, block, xp, every=True)[..., 0, :])
-    return BlockCover(np.stack(some_rows, axis=-2), np.stack(every_rows, axis=-2))  # (..., rows, cols)

@@ -27,7 +27,7 @@ import numbers
 
 import numpy as np
 
-from .attention import check_qkv, scaled_dot_product_attention
+from .attention import scaled_dot_product_attention
 from .backend import creation_namespace, get_namespace
 from .validation import (
     as_array,
@@ -35,6 +35,7 @@ from .validation import (
     check_bool,
     check_int,
     check_mask,
+    check_qkv,
     compute_dtype,
     dtype_name,
     require_ndim,

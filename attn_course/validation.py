@@ -141,3 +141,58 @@ def check_mask(mask, target_shape: tuple[int, ...], what: str, xp, min_ndim: int
 def compute_dtype(dtype, xp):
     """The dtype to accumulate in: float32 for float16 inputs, else the input dtype."""
     return xp.float32 if dtype == xp.float16 else dtype
+
+
+def check_qkv(q, k, v, names=("q", "k", "v"), same_feature_size=True, check_finite=True):
+    """Validate ``q (..., L, d)``, ``k (..., S, d)``, ``v (..., S, dv)``.
+
+    ``names`` are the argument names used in messages; with
+    ``same_feature_size=False`` q and k may differ in their last axis (additive
+    attention projects them first). Returns ``(q, k, v, xp, batch)`` where
+    ``batch`` is the broadcast of their leading dimensions. ``check_finite=False``
+    leaves the values for the caller to check (see ``require_all_finite``).
+    """
+    q_name, k_name, v_name = names
+    q, k, v = as_float_array(q_name, q), as_float_array(k_name, k), as_float_array(v_name, v)
+    xp = get_namespace(q, k, v)
+    require_ndim(q_name, q, 2, "(..., L, d)")
+    require_ndim(k_name, k, 2, "(..., S, d)")
+    require_ndim(v_name, v, 2, "(..., S, dv)")
+    require_same_dtype(**{q_name: q, k_name: k, v_name: v})
+    if same_feature_size and q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"{q_name} and {k_name} must have the same feature size d (last axis): "
+            f"{q_name} {shape_of(q)} is (..., L, d), {k_name} {shape_of(k)} is (..., S, d)"
+        )
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"{k_name} and {v_name} must have the same number of positions S (second-last axis): "
+            f"{k_name} {shape_of(k)} is (..., S, d), {v_name} {shape_of(v)} is (..., S, dv)"
+        )
+    for name, x in ((q_name, q), (k_name, k), (v_name, v)):
+        if 0 in shape_of(x)[-2:]:
+            raise ValueError(f"{name} has an empty sequence or feature axis: shape {shape_of(x)}")
+    batch = broadcast_batch(**{q_name: shape_of(q)[:-2], k_name: shape_of(k)[:-2], v_name: shape_of(v)[:-2]})
+    if check_finite:
+        require_all_finite(xp, **{q_name: q, k_name: k, v_name: v})
+    return q, k, v, xp, batch
+
+
+def require_all_finite(xp, **arrays):
+    """Refuse NaN and infinities in any of ``arrays``, with one question to the device.
+
+    On a GPU each ``bool()`` waits for the device, so one combined test comes
+    first; only when something is wrong is each argument looked at to name it.
+    """
+    flags = [xp.all(xp.isfinite(x)) for x in arrays.values()]
+    all_finite = flags[0]
+    for flag in flags[1:]:
+        all_finite = all_finite & flag
+    if not bool(all_finite):
+        for name, x in arrays.items():
+            require_finite(name, x, xp)
+
+
+def is_numpy(*arrays) -> bool:
+    """True when every array given (None skipped) is a NumPy array: the CPU fast paths apply."""
+    return all(array_api_compat.is_numpy_array(x) for x in arrays if x is not None)

@@ -5,6 +5,7 @@ import csv
 import numpy as np
 import pytest
 
+from attn_course import measure
 from attn_course.bench import cpu
 from attn_course.bench.__main__ import main
 
@@ -39,15 +40,15 @@ def test_quick_cpu_suite_writes_table_csv_and_plot(tmp_path, capsys):
 
 def test_measuring_functions():
     calls = []
-    timing = cpu.time_attention(calls.append, 1, repeats=3, warmup=2)
+    timing = measure.time_attention(calls.append, 1, repeats=3, warmup=2)
     assert len(calls) == 5 and timing.runs == 3 and 0 <= timing.best <= timing.median
-    allocated = cpu.peak_memory(lambda n: np.ones(n, dtype=np.uint8), 4 * 2**20)
+    allocated = measure.peak_memory(lambda n: np.ones(n, dtype=np.uint8), 4 * 2**20)
     assert 4 * 2**20 <= allocated < 5 * 2**20
-    curve = cpu.scaling_curve(lambda x: x @ x.T, [8, 16], lambda n: (np.ones((n, 4)),), repeats=1, memory=True)
+    curve = measure.scaling_curve(lambda x: x @ x.T, [8, 16], lambda n: (np.ones((n, 4)),), repeats=1, memory=True)
     assert [point["N"] for point in curve] == [8, 16] and all(point["peak_bytes"] > 0 for point in curve)
-    assert cpu.loglog_slope([1, 2, 4, 8], [3, 12, 48, 192]) == pytest.approx(2.0)
+    assert measure.loglog_slope([1, 2, 4, 8], [3, 12, 48, 192]) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="repeats must be >= 1"):
-        cpu.time_attention(print, repeats=0)
+        measure.time_attention(print, repeats=0)
 
 
 def synthetic_gpu_records():
@@ -134,3 +135,26 @@ def test_time_cuda_takes_the_median_between_events_after_warming_up():
 
     ms = gpu.time_cuda(work, lambda: (FakeEvent(), FakeEvent()), lambda: synced.append(1), warmup=2, repeats=5)
     assert ms == 3.0 and len(calls) == 7 and synced == [1]
+
+
+def test_the_benchmark_refuses_to_time_a_wrong_result():
+    from attn_course import linear_attention, masks, scaled_dot_product_attention, sparse_attention, tiled_attention
+
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((1, 2, 70, 8), dtype=np.float32) for _ in range(3))
+    window, window_mask = masks.sliding_window(5), masks.sliding_window_mask(70, 5)
+    # right results pass, with their error against float64 returned
+    assert cpu.check_result("dense", "softmax", scaled_dot_product_attention, (q, k, v), {}) < 1e-5
+    assert cpu.check_result("tiled", "softmax", tiled_attention, (q, k, v), {"is_causal": True}) < 1e-5
+    assert cpu.check_result("masked", "softmax", scaled_dot_product_attention, (q, k, v, window_mask), {}) < 1e-5
+    assert cpu.check_result("sparse", "softmax", sparse_attention, (q, k, v, window), {}) < 1e-5
+    assert cpu.check_result("linear", "linear", linear_attention, (q, k, v), {"causal": True}) < 1e-5
+
+    # a classic mistake (the causal mask forgotten) and a plain wrong answer are refused
+    def forgets_causal(q, k, v, is_causal):
+        return scaled_dot_product_attention(q, k, v)
+
+    with pytest.raises(cpu.WrongResultError, match="refusing"):
+        cpu.check_result("forgot causal", "softmax", forgets_causal, (q, k, v), {"is_causal": True})
+    with pytest.raises(cpu.WrongResultError, match="zeros"):
+        cpu.check_result("zeros", "softmax", lambda q, k, v: np.zeros_like(q), (q, k, v), {})

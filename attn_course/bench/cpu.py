@@ -15,9 +15,13 @@ side in one process, and printed next to its goal:
   fitted slopes are the exponents (2 for ``O(N^2)``, 1 for ``O(N)``).
 
 Times are ``time.perf_counter`` over repeated calls after warm-up calls (best
-and median reported); the thread counts are printed with the table. The
-functions ``time_attention``, ``peak_memory``, ``scaling_curve`` and
-``loglog_slope`` are what the lessons call at small sizes.
+and median reported); the thread counts are printed with the table. Before
+anything is timed, every implementation's result is checked against a float64
+reference (on a sample of query rows at large sizes): a wrong result is refused,
+never reported. The public functions run twice where they have a CPU fast path:
+as called (the fast path) and inside ``attn_course.fast.disabled()`` (the
+reference code the lessons teach), side by side. The measuring helpers
+(``time_attention``, ``peak_memory``, ...) live in ``attn_course.measure``.
 """
 
 from __future__ import annotations
@@ -29,31 +33,23 @@ import math
 import os
 import statistics
 import time
-import tracemalloc
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .._parallel import num_threads
+from .. import fast
 from ..attention import scaled_dot_product_attention
+from ..fast.threads import num_threads
 from ..linear import linear_attention
 from ..masks import sliding_window, sliding_window_mask
+from ..measure import loglog_slope, naive_attention, peak_memory, random_qkv
 from ..sparse import sparse_attention
 from ..tiled import tiled_attention
+from ..tolerances import tolerance_for
 from .machine import describe_machine
 
-__all__ = [
-    "Measurement",
-    "Timing",
-    "loglog_slope",
-    "naive_attention",
-    "peak_memory",
-    "random_qkv",
-    "run",
-    "scaling_curve",
-    "time_attention",
-]
+__all__ = ["Goal", "Measurement", "WrongResultError", "check_result", "expected_rows", "run"]
 
 MIB = 2**20
 DEFAULT_OUT = Path("benchmarks/results")
@@ -66,6 +62,7 @@ SPARSE = "sparse_attention (predicate, block 128)"
 SPARSE_DEFAULT = "sparse_attention (predicate, block 64: the default)"
 WINDOW_BLOCK = 128  # for w = 256: tiles of 128 rows make matrix products 4x larger than 64 for 1.2x the pairs
 DENSE_MASKED = "dense NumPy, (N, N) mask"
+REFERENCE = " [reference path]"  # the same function inside attn_course.fast.disabled(): the lesson's code
 SOFTMAX = "dense softmax (attn_course)"
 LINEAR = "linear (elu + 1)"
 SCALING = "scaling with N"
@@ -75,95 +72,87 @@ LINEAR_SECTION = "linear vs softmax"
 # --------------------------------------------------------------------------- measuring
 
 
-@dataclass
-class Timing:
-    """Seconds per call: the best and the median of ``runs`` timed calls."""
+# --------------------------------------------------------------------------- checking before timing
 
-    best: float
-    median: float
-    runs: int
+SAMPLE_ROWS = 40  # query rows checked against float64 per result (first, last, and spread between)
 
 
-def time_attention(fn, *args, repeats: int = 5, warmup: int = 2, **kwargs) -> Timing:
-    """Time ``fn(*args, **kwargs)``: ``warmup`` untimed calls, then ``repeats`` timed ones.
+class WrongResultError(AssertionError):
+    """An implementation returned a wrong result: the benchmark refuses to time and report it."""
 
-    The first calls pay for things a steady state does not (thread pools,
-    BLAS buffers, first touch of memory): they are run but not counted.
+
+def _as_numpy64(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _elu_plus_one(x):
+    return np.exp(np.minimum(x, 0.0)) + np.maximum(x, 0.0)
+
+
+def expected_rows(kind: str, inputs, options) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, expected)``: float64 outputs of a sample of query rows, by the plain formula.
+
+    kind: ``"softmax"`` (``inputs`` = q, k, v and optionally a mask, an array or a
+    predicate; ``is_causal`` in ``options``) or ``"linear"`` (elu + 1 features;
+    ``causal`` in ``options``).
     """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1; got {repeats}")
-    for _ in range(warmup):
-        fn(*args, **kwargs)
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(*args, **kwargs)
-        seconds.append(time.perf_counter() - start)
-    return Timing(min(seconds), statistics.median(seconds), repeats)
-
-
-def peak_memory(fn, *args, **kwargs) -> int:
-    """Peak bytes allocated by one call of ``fn(*args, **kwargs)`` above what was allocated before.
-
-    Measured with ``tracemalloc``, which sees NumPy's allocations (and the
-    Python objects'); torch's and CuPy's allocations are not seen.
-    """
-    fn(*args, **kwargs)  # warm up: caches and pools made on the first call are not the function's work
-    already_tracing = tracemalloc.is_tracing()
-    if not already_tracing:
-        tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        before, _ = tracemalloc.get_traced_memory()
-        fn(*args, **kwargs)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        if not already_tracing:
-            tracemalloc.stop()
-    return max(0, peak - before)
-
-
-def scaling_curve(fn, sizes, make_inputs, *, repeats: int = 5, memory: bool = False, **kwargs) -> list[dict]:
-    """Time (and optionally trace the peak memory of) ``fn(*make_inputs(N), **kwargs)`` for each ``N`` in ``sizes``.
-
-    Returns one dict per size: ``{"N", "best_s", "median_s", "runs", "peak_bytes"}``
-    (``peak_bytes`` None unless ``memory``).
-    """
-    curve = []
-    for size in sizes:
-        inputs = make_inputs(size)
-        timing = time_attention(fn, *inputs, repeats=repeats, **kwargs)
-        peak = peak_memory(fn, *inputs, **kwargs) if memory else None
-        curve.append(
-            {"N": size, "best_s": timing.best, "median_s": timing.median, "runs": timing.runs, "peak_bytes": peak}
-        )
-    return curve
-
-
-def loglog_slope(sizes, values) -> float:
-    """The slope of ``log(values)`` against ``log(sizes)`` (least squares): ``values ~ N^slope``."""
-    sizes, values = np.asarray(sizes, dtype=float), np.asarray(values, dtype=float)
-    if sizes.size < 2:
-        return math.nan
-    return float(np.polyfit(np.log(sizes), np.log(values), 1)[0])
-
-
-def random_qkv(batch: int, heads: int, n: int, d: int, dtype=np.float32, seed: int = 0):
-    """Standard-normal ``q, k, v`` of shape ``(batch, heads, n, d)`` (random: zeros would run faster)."""
-    rng = np.random.default_rng(seed)
-    return tuple(rng.standard_normal((batch, heads, n, d), dtype=np.float32).astype(dtype) for _ in range(3))
-
-
-def naive_attention(q, k, v, mask=None, is_causal=False):
-    """The textbook NumPy version: materialise the ``(..., L, S)`` scores, stable softmax, weights @ v."""
-    scores = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])  # (..., L, S)
-    if is_causal:
-        mask = np.tril(np.ones(scores.shape[-2:], dtype=bool))
+    q, k, v = (_as_numpy64(x) for x in inputs[:3])
+    L, S = q.shape[-2], k.shape[-2]
+    rows = np.unique(np.linspace(0, L - 1, SAMPLE_ROWS).astype(np.int64))
+    q_rows = q[..., rows, :]  # (..., R, d)
+    if kind == "linear":
+        causal = bool(options.get("causal", False))
+        phi_q, phi_k = _elu_plus_one(q_rows), _elu_plus_one(k)
+        out = []
+        for position, row in enumerate(rows):
+            last = row + 1 if causal else S
+            state = np.swapaxes(phi_k[..., :last, :], -1, -2) @ v[..., :last, :]  # (..., d, dv)
+            normaliser = phi_k[..., :last, :].sum(axis=-2)  # (..., d)
+            numerator = phi_q[..., position, :][..., None, :] @ state  # (..., 1, dv)
+            denominator = (phi_q[..., position, :] * normaliser).sum(axis=-1)[..., None, None]
+            out.append(numerator / denominator)
+        return rows, np.concatenate(out, axis=-2)
+    mask = inputs[3] if len(inputs) > 3 else options.get("mask")
+    scores = q_rows @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])  # (..., R, S)
+    allowed = np.ones((rows.size, S), dtype=bool)
     if mask is not None:
-        scores = np.where(mask, scores, -np.inf)
+        if callable(mask) and not hasattr(mask, "shape"):
+            allowed &= np.asarray(mask(rows[:, None], np.arange(S)[None, :]), dtype=bool)
+        else:
+            allowed = allowed & np.asarray(mask)[..., rows, :]
+    if options.get("is_causal", False):
+        allowed &= np.arange(S)[None, :] <= rows[:, None]
+    scores = np.where(allowed, scores, -np.inf)
     weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    weights /= weights.sum(axis=-1, keepdims=True)
-    return weights @ v  # (..., L, dv)
+    return rows, (weights / weights.sum(axis=-1, keepdims=True)) @ v
+
+
+def check_result(impl: str, kind: str, fn, inputs, options) -> float:
+    """Call ``fn`` once and compare a sample of its rows with float64; the largest error, or ``WrongResultError``."""
+    out = _as_numpy64(fn(*inputs, **options))
+    rows, expected = expected_rows(kind, inputs, options)
+    actual = out[..., rows, :]
+    tolerance = tolerance_for(np.float32)
+    bad = ~np.isclose(actual, expected, rtol=10 * tolerance["rtol"], atol=10 * tolerance["atol"])
+    error = float(np.max(np.abs(actual - expected)))
+    if bad.any() or not np.isfinite(actual).all():
+        raise WrongResultError(
+            f"{impl}: {int(bad.sum())} of {bad.size} checked outputs differ from the float64 reference "
+            f"(largest error {error:.3g}); refusing to time a wrong result"
+        )
+    return error
+
+
+def reference_path(fn):
+    """``fn`` run inside ``attn_course.fast.disabled()``: the reference code the lessons teach."""
+
+    def call(*args, **kwargs):
+        with fast.disabled():
+            return fn(*args, **kwargs)
+
+    return call
 
 
 # --------------------------------------------------------------------------- the suite
@@ -271,16 +260,23 @@ class _Suite:
         self.crossover = None
         self.torch, self.F = _torch()
         self._queue = None  # measurements waiting to be timed side by side
+        self.largest_error = 0.0  # the largest error against float64 of any checked result
 
-    def measure(self, section, impl, fn, inputs, options=None, *, causal=False, window=None, memory=False, note=""):
-        """Time ``fn(*inputs, **options)`` (and trace its memory); inputs are ``(1, H, N, d)`` arrays.
+    def measure(self, section, impl, fn, inputs, options=None, *, causal=False, window=None, memory=False, note="",
+                kind="softmax"):  # fmt: skip
+        """Check ``fn(*inputs, **options)`` against float64, then time it (and trace its memory).
 
+        inputs are ``(1, H, N, d)`` arrays (and a mask); ``kind`` names the
+        formula that checks the result (``"softmax"`` or ``"linear"``).
         Inside ``side_by_side()`` the call is queued and timed later, in turn
         with the others of the block; the returned row is filled in then.
         """
         _, heads, n, d = tuple(inputs[0].shape)
+        options = options or {}
+        error = check_result(impl, kind, fn, inputs, options)
+        self.largest_error = max(self.largest_error, error)
         row = Measurement(section, impl, 1, heads, n, d, causal, window, note=note)
-        entry = (row, fn, inputs, options or {}, memory)
+        entry = (row, fn, inputs, options, memory)
         if self._queue is not None:
             self._queue.append(entry)
         else:
@@ -353,6 +349,9 @@ class _Suite:
         sdpa = None if self.torch is None else self.F.scaled_dot_product_attention
         with self.side_by_side():
             dense = self.measure(section, DENSE, scaled_dot_product_attention, qkv)
+            dense_reference = self.measure(
+                section, DENSE + REFERENCE, reference_path(scaled_dot_product_attention), qkv
+            )
             naive = self.measure(section, NAIVE, naive_attention, qkv)
             if sdpa is not None:
                 torch_plain = self.measure(section, TORCH, sdpa, self.torch_tensors(qkv))
@@ -365,6 +364,8 @@ class _Suite:
             return
         where = f"B1 H{heads} N{n} d{d}"
         self.goal(f"dense NumPy / torch SDPA time ({where})", dense.best_ms / torch_plain.best_ms, 1.5, False)
+        self.goal(f"dense NumPy, reference path / torch SDPA time ({where}; for reference)",
+                  dense_reference.best_ms / torch_plain.best_ms, math.inf, False)  # fmt: skip
         self.goal(f"naive NumPy / torch SDPA time ({where}; for reference)", naive.best_ms / torch_plain.best_ms,
                   math.inf, False)  # fmt: skip
         self.goal(f"dense NumPy / torch SDPA time, causal ({where}; for reference)",
@@ -380,6 +381,11 @@ class _Suite:
             default = self.measure(section, "tiled, block 128 (default)", tiled_attention, qkv, memory=True)
             causal = self.measure(section, f"tiled, block {block}", tiled_attention, qkv,
                                   {**options, "is_causal": True}, causal=True, memory=True)  # fmt: skip
+            tiled_reference = self.measure(section, f"tiled, block {block}" + REFERENCE,
+                                           reference_path(tiled_attention), qkv, options, memory=True)  # fmt: skip
+            causal_reference = self.measure(section, f"tiled, block {block}" + REFERENCE,
+                                            reference_path(tiled_attention), qkv, {**options, "is_causal": True},
+                                            causal=True, memory=True)  # fmt: skip
         scores_bytes = heads * n * n * 4
         if 2 * scores_bytes <= self.sizes.naive_limit_bytes:
             reference_mib = self.measure(section, NAIVE, naive_attention, qkv, memory=True).peak_mib
@@ -394,6 +400,12 @@ class _Suite:
                   5.0, False, unit="%")  # fmt: skip
         self.goal(f"causal tile skipping: tiled non-causal / causal time ({where})", tiled.best_ms / causal.best_ms,
                   1.6, True)  # fmt: skip
+        self.goal(f"tiled, reference path / dense NumPy time ({where}; for reference)",
+                  tiled_reference.best_ms / dense.best_ms, math.inf, False)  # fmt: skip
+        self.goal(f"tiled, reference path: peak memory / dense ({where}; for reference)",
+                  100 * tiled_reference.peak_mib / reference_mib, math.inf, False, unit="%")  # fmt: skip
+        self.goal(f"causal tile skipping, reference path: non-causal / causal time ({where}; for reference)",
+                  tiled_reference.best_ms / causal_reference.best_ms, math.inf, True)  # fmt: skip
 
     def scaling(self):
         heads, d, block = self.sizes.scaling_heads, self.sizes.d, self.sizes.tiled_block
@@ -425,6 +437,8 @@ class _Suite:
                 self.measure(section, DENSE_MASKED, scaled_dot_product_attention, (*qkv, mask), window=window)
                 if n == max(self.sizes.window_n):
                     self.measure(section, SPARSE_DEFAULT, sparse_attention, (*qkv, predicate), window=window)
+                    self.measure(section, SPARSE + REFERENCE, reference_path(sparse_attention), (*qkv, predicate),
+                                 blocks, window=window)  # fmt: skip
             del mask
         for n in self.sizes.sparse_only_n:
             qkv = random_qkv(1, heads, n, d)
@@ -435,6 +449,10 @@ class _Suite:
         self.goal(f"sliding window w={window}: dense-masked / sparse time (B1 H{heads} N{largest} d{d}; "
                   f"sparse block {blocks['block_size']}; ideal {largest / (2 * window + 1):.0f}x)",
                   dense.best_ms / sparse.best_ms, 20.0, True)  # fmt: skip
+        sparse_reference = self._find(section, SPARSE + REFERENCE, largest)
+        self.goal(f"sliding window w={window}: dense-masked / sparse time, sparse on its reference path "
+                  f"(B1 H{heads} N{largest} d{d}; for reference)", dense.best_ms / sparse_reference.best_ms,
+                  math.inf, True)  # fmt: skip
 
     @property
     def window_section(self) -> str:
@@ -447,8 +465,9 @@ class _Suite:
             qkv = random_qkv(1, heads, n, d)
             with self.side_by_side():
                 softmax_row = self.measure(section, SOFTMAX, scaled_dot_product_attention, qkv)
-                linear_row = self.measure(section, LINEAR, linear_attention, qkv, memory=True)
-                self.measure(section, LINEAR, linear_attention, qkv, {"causal": True}, causal=True, memory=True)
+                linear_row = self.measure(section, LINEAR, linear_attention, qkv, memory=True, kind="linear")
+                self.measure(section, LINEAR, linear_attention, qkv, {"causal": True}, causal=True, memory=True,
+                             kind="linear")  # fmt: skip
             if self.crossover is None and linear_row.best_ms < softmax_row.best_ms:
                 self.crossover = n
         largest = max(self.sizes.linear_n)
@@ -638,6 +657,8 @@ def run(quick: bool = False, out: Path | str = DEFAULT_OUT, log=print) -> dict:
         suite.goals.append(Goal("tiled peak memory grows as O(N): fitted log-log slope", max(tiled_memory), 1.2,
                                 False, unit=""))  # fmt: skip
     log("")
+    log(f"Every result was checked against float64 ({SAMPLE_ROWS} query rows each) before it was timed: "
+        f"largest error {suite.largest_error:.2g}")  # fmt: skip
     for line in format_goals(suite.goals, quick):
         log(line)
     stamp = {

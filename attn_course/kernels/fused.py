@@ -26,10 +26,9 @@ from pathlib import Path
 import array_api_compat
 import numpy as np
 
-from ..attention import check_qkv
 from ..backend import gpu_status
-from ..sparse import _check_layout
-from ..validation import check_scale, shape_of
+from ..layouts import check_layout
+from ..validation import check_qkv, check_scale, shape_of
 
 __all__ = ["KERNEL_TILE", "SUPPORTED_HEAD_DIMS", "block_sparse_fused_attention", "fused_attention", "kernel_source"]
 
@@ -280,7 +279,7 @@ def block_sparse_fused_attention(q, k, v, layout, block_size, mask=None, *, scal
         raise ValueError(
             f"block_size must be a positive multiple of {KERNEL_TILE} (the kernel's tile); got {block_size}"
         )
-    layout = _check_layout(layout, int(block_size), L, S)
+    layout = check_layout(layout, int(block_size), L, S)
     scale = check_scale(scale, d)
     lo, hi = (-S, L) if mask is None else _offset_range(mask, L, S)
 

@@ -1,4 +1,4 @@
-"""Spreading independent pieces of NumPy work over the CPU cores (private).
+"""Spreading independent pieces of NumPy work over the CPU cores.
 
 Attention over ``B * H`` heads and many blocks of query rows is a set of
 independent jobs. NumPy releases the GIL inside BLAS calls and inside ufuncs

@@ -1,10 +1,10 @@
-"""The fast path of dense attention for NumPy arrays (private).
+"""Dense attention on NumPy arrays, laid out for a CPU (the fast path of ``scaled_dot_product_attention``).
 
-Same mathematics as ``scaled_dot_product_attention``'s array-API code, laid
-out for a CPU:
+The same mathematics as the reference code in ``attention.py``, arranged so that
+the work fits the caches and uses every core:
 
 * **Threads over heads and row blocks.** Every ``(batch..., block of query
-  rows)`` is an independent job (``_parallel.parallel_for``): BLAS and the
+  rows)`` is an independent job (``threads.parallel_for``): BLAS and the
   ufuncs release the GIL, so the jobs run on all cores.
 * **Cache-sized row blocks.** A block of ``R`` query rows produces scores
   ``(R, S)`` of about 2 MiB, which stay in the CPU's caches (here 1 MiB of L2
@@ -20,15 +20,18 @@ out for a CPU:
 
 * **Causal row blocks stop at the diagonal.** Rows ``[r0, r1)`` only look at
   keys ``j < r1``, and only the last ``r1 - r0`` of them need the mask.
+* **No max subtraction** unless a row needs it (``softmax_rows_into``): the
+  maximum only keeps ``exp`` from overflowing; rows whose sums leave the safe
+  range are computed again the stable way.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._parallel import batch_index_tuples, parallel_for
+from .threads import batch_index_tuples, parallel_for
 
-__all__ = ["dense_attention", "rows_per_block", "rows_to_redo", "softmax_rows_into"]
+__all__ = ["PARALLEL_MIN_PAIRS", "dense_attention", "rows_per_block", "rows_to_redo", "softmax_rows_into"]
 
 SCORE_BLOCK_BYTES = 2 * 1024 * 1024  # a block of scores that stays in cache
 PARALLEL_MIN_PAIRS = 1 << 20  # below this many (query, key) pairs in all, threads cost more than they save

@@ -1,0 +1,175 @@
+"""The reference path and the CPU fast path of every public function, at sizes that reach every fast branch.
+
+Each public function reads as its lesson's algorithm and hands NumPy inputs to
+``attn_course.fast`` by one dispatch line. Here both paths run on the same
+inputs, against the float64 formula: several blocks of query rows, threads
+(one and two), the causal diagonal cut, causal together with a mask, masks as
+arrays and predicates, masks that differ per head, tiles with nothing allowed,
+and rows whose softmax overflows or underflows without the max subtraction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from attn_course import (
+    block_sparse_attention,
+    fast,
+    masks,
+    scaled_dot_product_attention,
+    sparse_attention,
+    tiled_attention,
+)
+from attn_course.fast import dense as fast_dense
+from attn_course.fast.threads import THREADS_ENV_VAR
+from tests.dense_reference import dense_attention64
+from tests.support import assert_close, random_array
+
+# B=2, H=1, L=1100, S=1300: 2.9 M (query, key) pairs, above the threshold where the fast paths use threads;
+# a dense row block holds 2 MiB / (4 bytes * 1300) = 403 rows, so L spans three blocks, the last one partial.
+B, L, S, D, DV = 2, 1100, 1300, 24, 20
+
+
+@pytest.fixture(autouse=True)
+def fast_paths_on(monkeypatch):
+    """These tests compare the two paths, so the fast one must be on even under ``ATTN_COURSE_FAST=0 make test``."""
+    monkeypatch.delenv(fast.ENV_VAR, raising=False)
+
+
+@pytest.fixture(params=["1", "2"], ids=["one thread", "two threads"])
+def threads(request, monkeypatch):
+    monkeypatch.setenv(THREADS_ENV_VAR, request.param)
+    return int(request.param)
+
+
+def both_paths(function, *args, **kwargs):
+    """(fast result, reference result) of one call; the fast path must be the one taken by default."""
+    assert fast.enabled(), "the fast paths must be on by default (is ATTN_COURSE_FAST=0 set?)"
+    fast_out = function(*args, **kwargs)
+    with fast.disabled():
+        assert not fast.enabled()
+        reference_out = function(*args, **kwargs)
+    assert fast.enabled()
+    return fast_out, reference_out
+
+
+def check_both(function, args, kwargs, expected):
+    fast_out, reference_out = both_paths(function, *args, **kwargs)
+    assert fast_out.dtype == reference_out.dtype == args[0].dtype
+    assert_close(fast_out, expected, what="fast path")
+    assert_close(reference_out, expected, what="reference path")
+
+
+@pytest.fixture
+def qkv(rng):
+    return random_array(rng, (B, 1, L, D)), random_array(rng, (1, S, D)), random_array(rng, (B, 1, S, DV))
+
+
+def test_dense_row_blocks_span_the_queries():
+    rows = fast_dense.rows_per_block(S)
+    assert rows < L < 3 * rows, "the shapes of this file must reach several dense row blocks"
+
+
+# masks that differ per batch element: a random (B, 1, L, S) array with a few rows that allow nothing
+def random_batch_mask(rng):
+    mask = rng.random((B, 1, L, S)) < 0.6
+    mask[0, 0, 7] = False  # a row that may attend to nothing
+    return mask
+
+
+@pytest.mark.usefixtures("threads")
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("mask_kind", ["none", "array", "batch array"])
+def test_dense_attention_fast_and_reference_agree(rng, qkv, is_causal, mask_kind):
+    mask = {"none": None, "array": rng.random((L, S)) < 0.5, "batch array": random_batch_mask(rng)}[mask_kind]
+    expected = dense_attention64(*qkv, mask, is_causal=is_causal)
+    check_both(scaled_dot_product_attention, qkv, {"mask": mask, "is_causal": is_causal}, expected)
+
+
+@pytest.mark.usefixtures("threads")
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("mask_kind", ["none", "array", "batch array", "window predicate", "longformer predicate"])
+def test_tiled_attention_fast_and_reference_agree(rng, qkv, is_causal, mask_kind):
+    mask = {
+        "none": None,
+        "array": rng.random((L, S)) < 0.5,
+        "batch array": random_batch_mask(rng),
+        "window predicate": masks.sliding_window(150),  # whole tiles outside the band: skipped or all-masked
+        "longformer predicate": masks.longformer(40, [0, 333, 1099]),
+    }[mask_kind]
+    expected = dense_attention64(*qkv, mask, is_causal=is_causal)
+    check_both(tiled_attention, qkv, {"mask": mask, "is_causal": is_causal, "block_size": 64}, expected)
+
+
+@pytest.mark.usefixtures("threads")
+@pytest.mark.parametrize(
+    "pattern",
+    [masks.sliding_window(100), masks.sliding_window(60) | masks.global_tokens([5, 700]), masks.fixed(128, 16)],
+    ids=["window", "window or global", "fixed"],
+)
+def test_sparse_attention_fast_and_reference_agree(qkv, pattern):
+    expected = dense_attention64(*qkv, pattern)
+    check_both(sparse_attention, qkv, {"mask": pattern, "block_size": 64}, expected)
+
+
+@pytest.mark.usefixtures("threads")
+def test_block_sparse_attention_with_gathered_blocks_and_a_batch_mask(rng, qkv):
+    block = 100
+    layout = rng.random((-(-L // block), -(-S // block))) < 0.4  # scattered blocks: keys gathered, not sliced
+    layout[:, 0] = True
+    mask = random_batch_mask(rng)
+    layout_mask = np.kron(layout, np.ones((block, block), dtype=bool))[:L, :S]
+    expected = dense_attention64(*qkv, mask & layout_mask)
+    check_both(block_sparse_attention, (*qkv, layout, block), {"mask": mask}, expected)
+
+
+def extreme_rows(rng):
+    """Queries whose scores overflow exp() in float32 (row 3), underflow to denormals (row 5), or are mixed."""
+    q, k, v = random_array(rng, (2, 300, 16)), random_array(rng, (2, 700, 16)), random_array(rng, (2, 700, 8))
+    q[:, 3] *= 60.0  # scores of several hundred: exp overflows without the max subtraction
+    q[:, 5] = -q[:, 5] * 0 - 30.0  # every score strongly negative: exp underflows towards zero
+    k[:, :, :] += 1.0
+    return q, k, v
+
+
+@pytest.mark.usefixtures("threads")
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+def test_rows_that_overflow_or_underflow_are_redone(rng, is_causal):
+    q, k, v = extreme_rows(rng)
+    expected = dense_attention64(q, k, v, is_causal=is_causal)
+    with np.errstate(over="raise", under="ignore", invalid="raise"):
+        check_both(scaled_dot_product_attention, (q, k, v), {"is_causal": is_causal}, expected)
+        check_both(tiled_attention, (q, k, v), {"is_causal": is_causal, "block_size": 64}, expected)
+    window = masks.sliding_window(90)
+    check_both(sparse_attention, (q, k, v), {"mask": window}, dense_attention64(q, k, v, window))
+
+
+def test_float16_and_float64_keep_their_dtype_on_both_paths(rng):
+    for dtype in (np.float16, np.float64):
+        q, k, v = (random_array(rng, shape, dtype) for shape in ((2, 200, 16), (2, 260, 16), (2, 260, 8)))
+        expected = dense_attention64(q, k, v, is_causal=True)
+        check_both(scaled_dot_product_attention, (q, k, v), {"is_causal": True}, expected)
+        check_both(tiled_attention, (q, k, v), {"is_causal": True, "block_size": 32}, expected)
+
+
+def test_the_switch_reads_the_environment(monkeypatch):
+    monkeypatch.setenv(fast.ENV_VAR, "0")
+    assert not fast.enabled()
+    monkeypatch.setenv(fast.ENV_VAR, "1")
+    assert fast.enabled()
+    monkeypatch.setenv(fast.ENV_VAR, "maybe")
+    with pytest.raises(ValueError, match="ATTN_COURSE_FAST"):
+        fast.enabled()
+
+
+def test_disabled_takes_the_reference_code(monkeypatch, rng):
+    calls = []
+    monkeypatch.setattr(fast_dense, "dense_attention", lambda *args: calls.append(args) or 1 / 0)
+    q, k, v = (random_array(rng, (4, 6)) for _ in range(3))
+    with fast.disabled():
+        scaled_dot_product_attention(q, k, v)  # the reference code: the patched fast path is never called
+    assert calls == []
+    with pytest.raises(ZeroDivisionError):
+        scaled_dot_product_attention(q, k, v)  # outside the block the fast path is taken again
+    assert len(calls) == 1
