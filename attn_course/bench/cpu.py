@@ -508,11 +508,11 @@ def _format_row(row: Measurement) -> str:
     best = f"{row.best_ms:10.2f}" if row.best_ms is not None else f"{'-':>10s}"
     median = f"{row.median_ms:10.2f}" if row.median_ms is not None else f"{'-':>10s}"
     peak = f"{row.peak_mib:10.2f}" if row.peak_mib is not None else f"{'':>10s}"
-    return f"{row.section:22s} {row.impl:30s} {shape:22s} {extra:12s} {best} {median} {row.runs:4d} {peak}  {row.note}"
+    return f"{row.section:22s} {row.impl:45s} {shape:22s} {extra:12s} {best} {median} {row.runs:4d} {peak}  {row.note}"
 
 
 def _header() -> str:
-    columns = f"{'section':22s} {'implementation':30s} {'shape':22s} {'':12s} {'best ms':>10s} {'median ms':>10s}"
+    columns = f"{'section':22s} {'implementation':45s} {'shape':22s} {'':12s} {'best ms':>10s} {'median ms':>10s}"
     return columns + f" {'runs':>4s} {'peak MiB':>10s}"
 
 
