@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 LESSONS_DIR = REPO / "notebooks"
 CELL_TIMEOUT_SECONDS = 120  # as nbval's --nbval-cell-timeout in the Makefile
 
-__all__ = ["execute_notebook", "lesson_paths", "main"]
+__all__ = ["execute_notebook", "lesson_paths", "main", "render_line", "render_streams"]
 
 
 def lesson_paths(folder: Path = LESSONS_DIR) -> list[Path]:
@@ -55,8 +55,39 @@ def execute_notebook(path, *, write: bool = False, timeout: int = CELL_TIMEOUT_S
     client.execute()
     seconds = time.perf_counter() - start
     if write:
+        render_streams(notebook)
         nbformat.write(notebook, path)
     return seconds
+
+
+def render_line(text: str) -> str:
+    """What a terminal shows of ``text``: on each line, only what follows its last carriage return."""
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
+
+
+def render_streams(notebook) -> None:
+    """Store each cell's printed text as a terminal shows it, in place.
+
+    A progress bar (tqdm) redraws its line with a carriage return, and the kernel
+    sends every redraw as a separate piece of output: stored as such, a 600-step
+    bar is dozens of fragments. Consecutive pieces of the same stream are joined
+    and each line keeps only its final state, so a bar is stored as one line.
+    """
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        outputs = []
+        for output in cell.get("outputs", []):
+            previous = outputs[-1] if outputs else None
+            if (output.output_type == "stream" and previous is not None and previous.output_type == "stream"
+                    and previous.name == output.name):  # fmt: skip
+                previous.text += output.text
+            else:
+                outputs.append(output)
+        for output in outputs:
+            if output.output_type == "stream":
+                output.text = render_line(output.text)
+        cell.outputs = outputs
 
 
 def main(argv=None) -> int:

@@ -98,3 +98,19 @@ def test_test_plumbing_uses_tags_not_comments(lesson):
         assert "NBVAL_" not in cell.source, (
             f"{path.name}: use cell tags (nbval-ignore-output, ...), not NBVAL_ comments"
         )
+
+
+def test_stored_streams_read_as_a_terminal_shows_them(lesson):
+    """A progress bar is stored as one line, not as one fragment per redraw (attn_course.lessons.render_streams)."""
+    path, notebook = lesson
+    for index, cell in enumerate(notebook.cells):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                assert "\r" not in output["text"], f"{path.name} cell {index}: a stream keeps its redraws (\\r)"
+
+
+def test_render_streams_keeps_the_last_state_of_each_line():
+    from attn_course.lessons import render_line
+
+    assert render_line("\rbar  10%\rbar  50%\rbar 100%\ndone\n") == "bar 100%\ndone\n"
+    assert render_line("plain text\nno carriage returns") == "plain text\nno carriage returns"
