@@ -36,6 +36,7 @@ LAYERS = {
     "attn_course.attention": 3,  # the core: softmax(q k^T * scale) v
     "attn_course.additive": 4,
     "attn_course.positions": 4,
+    "attn_course.cache": 4,  # the key/value cache of decoding
     "attn_course.layouts": 4,
     "attn_course.masks": 5,
     "attn_course.multihead": 5,
@@ -44,6 +45,7 @@ LAYERS = {
     "attn_course.fast.tiled": 6.5,
     "attn_course.fast.sparse": 6.5,
     "attn_course.tiled": 7,
+    "attn_course.backward": 7.5,  # the backward pass: uses tiled attention's tile rules and the core
     "attn_course.sparse": 7,
     "attn_course.kernels.fused": 8,
     "attn_course.kernels": 8.5,
@@ -53,6 +55,7 @@ LAYERS = {
 APPLICATION_PREFIXES = (
     "attn_course.torch_modules",
     "attn_course.translation",
+    "attn_course.seq2seq",
     "attn_course.data",
     "attn_course.viz",
     "attn_course.diagrams",
@@ -63,6 +66,7 @@ APPLICATION_PREFIXES = (
     "attn_course.assign",
     "attn_course.lessons",
     "attn_course.check_env",
+    "attn_course.autograd",
 )
 
 
