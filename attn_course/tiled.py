@@ -34,6 +34,11 @@ many rows on parallel threads, a plan of which tiles to skip, compute whole or
 mask, and the sums accumulated without the running maximum (rows that would
 overflow are redone by ``online_softmax``); ``ATTN_COURSE_FAST=0`` or
 ``attn_course.fast.disabled()`` turns it off.
+
+For training, ``return_lse=True`` also returns each row's log-sum-exp
+``lse = m + log(l) = log sum_j exp(s_j)``: ``L`` numbers from which the
+backward pass (``attn_course.backward``) recomputes any weight,
+``p_j = exp(s_j - lse)``, instead of storing the ``(L, S)`` weights.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from .validation import check_bool, check_int, check_qkv, check_scale, compute_d
 __all__ = ["key_tiles", "online_softmax", "tiled_attention"]
 
 
-def tiled_attention(q, k, v, mask=None, *, is_causal=False, block_size=128, scale=None):
+def tiled_attention(q, k, v, mask=None, *, is_causal=False, block_size=128, scale=None, return_lse=False):
     """``softmax(q k^T * scale) v`` computed one tile of keys at a time (online softmax).
 
     q: (..., L, d), k: (..., S, d), v: (..., S, dv); leading dimensions broadcast.
@@ -59,9 +64,12 @@ def tiled_attention(q, k, v, mask=None, *, is_causal=False, block_size=128, scal
     is_causal: also forbid keys ``j > i`` (top-left aligned); tiles above the diagonal are skipped.
     block_size: queries and keys per tile (any L and S: the last tile may be shorter).
     scale: multiplies the scores; default ``1 / sqrt(d)``.
+    return_lse: also return ``lse (..., L)``, the log-sum-exp of each row's scaled,
+        masked scores (``-inf`` for a row that may attend to nothing), in the dtype
+        computed in (float32 for float16 inputs): what the backward pass needs.
     Returns out (..., L, dv), the same as ``scaled_dot_product_attention`` up to
-    rounding, without ever building an (L, S) array. A query that may attend
-    to nothing gets a zero row. dtype is kept; float16 is computed in float32.
+    rounding, without ever building an (L, S) array, or ``(out, lse)``. A query
+    that may attend to nothing gets a zero row. dtype is kept; float16 is computed in float32.
     """
     q, k, v, xp, batch = check_qkv(q, k, v)
     L, d = shape_of(q)[-2:]
@@ -69,21 +77,27 @@ def tiled_attention(q, k, v, mask=None, *, is_causal=False, block_size=128, scal
     is_causal = check_bool("is_causal", is_causal)
     block_size = check_int("block_size", block_size, minimum=1)
     scale = check_scale(scale, d)
+    return_lse = check_bool("return_lse", return_lse)
     device = array_api_compat.device(q)
     element_mask = None if mask is None else ElementMask(mask, batch, L, S, xp, device)
 
     if fast.enabled() and is_numpy(q, k, v):  # same updates on threads; sums without the max, unsafe rows redone
-        return fast_tiled.tiled_attention(q, k, v, element_mask, is_causal, block_size, scale, batch, online_softmax)
+        return fast_tiled.tiled_attention(
+            q, k, v, element_mask, is_causal, block_size, scale, batch, online_softmax, return_lse
+        )
 
     dtype, work = q.dtype, compute_dtype(q.dtype, xp)  # float16 is computed in float32
     q, k, v = (xp.astype(x, work, copy=False) for x in (q, k, v))
     out = xp.zeros((*batch, L, dv), dtype=work, device=device)
+    lse = xp.zeros((*batch, L), dtype=work, device=device)
     for start in range(0, L, block_size):  # one tile of query rows at a time
         rows = slice(start, min(L, start + block_size))
         q_rows = q[..., rows, :] * scale  # (..., R, d)
         tiles = key_tiles(rows, S, block_size, is_causal, element_mask, xp, device)
-        out[..., rows, :] = online_softmax(q_rows, k, v, tiles, xp, (*batch, rows.stop - rows.start, dv))
-    return xp.astype(out, dtype, copy=False)  # (..., L, dv)
+        shape = (*batch, rows.stop - rows.start, dv)
+        out[..., rows, :], lse[..., rows] = online_softmax(q_rows, k, v, tiles, xp, shape, return_lse=True)
+    out = xp.astype(out, dtype, copy=False)  # (..., L, dv)
+    return (out, lse) if return_lse else out
 
 
 def key_tiles(rows: slice, S: int, block_size: int, is_causal: bool, element_mask, xp, device):
@@ -104,13 +118,15 @@ def key_tiles(rows: slice, S: int, block_size: int, is_causal: bool, element_mas
         yield cols, allowed
 
 
-def online_softmax(q_rows, k, v, tiles, xp, out_shape):
+def online_softmax(q_rows, k, v, tiles, xp, out_shape, return_lse=False):
     """The online softmax of lesson 13 over the key tiles of one block of query rows.
 
     q_rows: (..., R, d), already scaled; k: (..., S, d); v: (..., S, dv);
     tiles: ``(cols, allowed)`` pairs, ``allowed`` None or boolean (..., R, C);
     out_shape: the shape of the result, (..., R, dv).
     Returns ``a / l``: (..., R, dv); a row that may attend to nothing gets zeros.
+    With ``return_lse`` also ``m + log(l)`` (..., R), the log-sum-exp of each row's
+    scores (``-inf`` for a row that may attend to nothing).
     """
     device = array_api_compat.device(q_rows)
     m = xp.full((*out_shape[:-1], 1), -math.inf, dtype=q_rows.dtype, device=device)  # (..., R, 1) running max
@@ -128,4 +144,8 @@ def online_softmax(q_rows, k, v, tiles, xp, out_shape):
         l = alpha * l + xp.sum(p, axis=-1, keepdims=True)
         a = alpha * a + p @ v[..., cols, :]  # (..., R, dv)
         m = m_new
-    return a / xp.where(l > 0, l, xp.ones_like(l))  # rows that may attend to nothing: 0 / 1 = 0
+    out = a / xp.where(l > 0, l, xp.ones_like(l))  # rows that may attend to nothing: 0 / 1 = 0
+    if not return_lse:
+        return out
+    lse = xp.where(l > 0, m + xp.log(xp.where(l > 0, l, xp.ones_like(l))), m)  # m = -inf where l = 0
+    return out, lse[..., 0]  # (..., R, dv), (..., R)

@@ -16,7 +16,9 @@ for speed:
   (one pass less, nothing to rescale), and every row's sum is checked at the
   end; a row that overflowed, underflowed or saw nothing is computed again
   with the reference's ``online_softmax``. With scaled dot-product scores of
-  ordinary size no row needs it.
+  ordinary size no row needs it. Asked for the log-sum-exp (``return_lse``),
+  a safe row gives ``log(sum_j exp(s_j))`` directly; a redone row gets
+  ``m + log(l)`` from ``online_softmax``.
 """
 
 from __future__ import annotations
@@ -49,11 +51,14 @@ def query_tile_rows(block_size: int, L: int, jobs_wanted: int) -> int:
     return block_size * max(1, rows // block_size)
 
 
-def tiled_attention(q, k, v, element_mask, is_causal: bool, block_size: int, scale: float, batch, online_softmax):
+def tiled_attention(
+    q, k, v, element_mask, is_causal: bool, block_size: int, scale: float, batch, online_softmax, return_lse=False
+):
     """Checked NumPy inputs q (..., L, d), k (..., S, d), v (..., S, dv) -> out (..., L, dv), dtype of q.
 
     element_mask: None or a ``layouts.ElementMask``; online_softmax: the
     reference's stable loop, used for the rows the fast sums cannot give exactly.
+    With ``return_lse``, ``(out, lse)``: lse (..., L) in the dtype computed in.
     """
     L = q.shape[-2]
     S = k.shape[-2]
@@ -83,10 +88,11 @@ def tiled_attention(q, k, v, element_mask, is_causal: bool, block_size: int, sca
         return allowed
 
     varies = element_mask is not None and element_mask.varies_with_batch
-    out = _tiled_numpy(
+    out, lse = _tiled_numpy(
         q, k, v, batch, plan, query_tile, block_size, scale, is_causal, tile_mask, varies, online_softmax
     )
-    return out.astype(dtype, copy=False)
+    out = out.astype(dtype, copy=False)
+    return (out, lse) if return_lse else out
 
 
 def _key_tiles(plan_row, block_size: int, key_stop: int, tile_mask):
@@ -108,7 +114,7 @@ def _key_tiles(plan_row, block_size: int, key_stop: int, tile_mask):
         yield cols, allowed
 
 
-def _accumulate_unshifted(q_rows, k, v, tiles, out) -> np.ndarray:
+def _accumulate_unshifted(q_rows, k, v, tiles, out, lse) -> np.ndarray:
     """NumPy fast path: ``out = sum_j exp(s_j) v_j / sum_j exp(s_j)`` without the running maximum.
 
     The maximum only keeps the exponentials from overflowing (see the module
@@ -116,7 +122,8 @@ def _accumulate_unshifted(q_rows, k, v, tiles, out) -> np.ndarray:
     pass less. Returns the rows (indices) whose sum overflowed, underflowed
     towards zero or was empty, or whose output is not finite: the caller
     computes those again with the stable online softmax. q_rows: (R, d), scaled;
-    k: (S, d); v: (S, dv); out: (R, dv), written.
+    k: (S, d); v: (S, dv); out: (R, dv) and lse: (R,), written (lse = log of the
+    sum; the rows to redo get theirs from the redo).
     """
     total = tile_out = None
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
@@ -135,8 +142,11 @@ def _accumulate_unshifted(q_rows, k, v, tiles, out) -> np.ndarray:
                 out += tile_out
         if total is None:  # every key tile skipped: nothing may be attended
             out[...] = 0
+            lse[...] = -np.inf
             return np.empty(0, dtype=np.intp)
         out /= total[:, None]
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        np.log(total, out=lse)
     return rows_to_redo(total, out)
 
 
@@ -150,6 +160,7 @@ def _tiled_numpy(
     keys = np.broadcast_to(k, (*batch, S, d))
     values = np.broadcast_to(v, (*batch, S, dv))
     out = np.empty((*batch, L, dv), dtype=q.dtype)
+    lse = np.empty((*batch, L), dtype=q.dtype)
     xp = array_api_compat.array_namespace(q)
     scale = np.asarray(scale, dtype=q.dtype)
 
@@ -168,15 +179,15 @@ def _tiled_numpy(
                     shared_masks[cols.start] = tile_mask(index, rows, cols)
                 return shared_masks[cols.start]
 
-            target = out[index][rows]  # (R, dv)
+            target, target_lse = out[index][rows], lse[index][rows]  # (R, dv), (R,)
             q_rows = queries[index][rows] * scale  # (R, d)
             tiles = _key_tiles(plan[row_tile], block_size, key_stop, mask_of)
-            unsafe = _accumulate_unshifted(q_rows, keys[index], values[index], tiles, target)
+            unsafe = _accumulate_unshifted(q_rows, keys[index], values[index], tiles, target, target_lse)
             if unsafe.size:  # those rows again, the stable way (the masks are cached: same tiles)
                 tiles = _key_tiles(plan[row_tile], block_size, key_stop, mask_of)
                 tiles = ((cols, None if allowed is None else allowed[unsafe]) for cols, allowed in tiles)
-                target[unsafe] = online_softmax(
-                    q_rows[unsafe], keys[index], values[index], tiles, xp, (unsafe.size, dv)
+                target[unsafe], target_lse[unsafe] = online_softmax(
+                    q_rows[unsafe], keys[index], values[index], tiles, xp, (unsafe.size, dv), return_lse=True
                 )
 
     parallel_for(
@@ -184,4 +195,4 @@ def _tiled_numpy(
         row_block_jobs(np.count_nonzero(plan, axis=1), batch),
         parallel=L * S * math.prod(batch) >= PARALLEL_MIN_PAIRS,
     )
-    return out
+    return out, lse
