@@ -33,7 +33,7 @@ import array_api_compat
 import numpy as np
 
 from .backend import creation_namespace, get_namespace, to_numpy
-from .validation import as_array, check_int, check_mask, dtype_name, shape_of
+from .validation import as_array, broadcasts_without_enlarging, check_int, check_mask, dtype_name, shape_of
 
 __all__ = [
     "FULL",
@@ -305,14 +305,7 @@ class ElementMask:
         if not array_api_compat.is_array_api_obj(sample) or not xp.isdtype(sample.dtype, "bool"):
             what = dtype_name(sample.dtype) if hasattr(sample, "dtype") else type(sample).__name__
             raise TypeError(f"mask predicate must return booleans for index arrays i, j; got {what}")
-        target = (*self.batch, 1, 1)
-        ok = sample.ndim <= len(target)
-        if ok:
-            try:
-                ok = tuple(np.broadcast_shapes(shape_of(sample), target)) == target
-            except ValueError:
-                ok = False
-        if not ok:
+        if not broadcasts_without_enlarging(shape_of(sample), (*self.batch, 1, 1)):
             raise ValueError(
                 f"mask predicate returns shape {shape_of(sample)} for (1, 1) index arrays, which does not "
                 f"broadcast to the attention scores (..., L, S) = {(*self.batch, self.L, self.S)}"

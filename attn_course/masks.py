@@ -18,7 +18,7 @@ Every pattern exists in two forms:
 The patterns (``d = i - j`` is how far back key ``j`` lies from query ``i``):
 
 =====================  ==========================================================
-causal                 ``j <= i``
+causal                 ``j <= i`` (``align='bottom_right'``: ``j <= i + S - L``)
 sliding_window(w)      ``|d| <= w``  (and ``j <= i`` if causal)
 dilated_window(w, r)   ``|d| <= w * r`` and ``d % r == 0``: ``w`` keys each side, ``r`` apart
 strided(s)             Sparse Transformer: ``j <= i`` and (``d < s`` or ``d % s == 0``)
@@ -141,9 +141,38 @@ def _offset_predicate(offset_rule, description: str) -> MaskPredicate:
     return MaskPredicate(lambda i, j: offset_rule(i - j), description, offset_rule)
 
 
-def causal() -> MaskPredicate:
-    """Query ``i`` sees keys ``j <= i`` (no peeking at the future)."""
-    return _offset_predicate(lambda d: d >= 0, "causal()")
+ALIGNMENTS = ("top_left", "bottom_right")
+
+
+def _check_align(align) -> str:
+    if align not in ALIGNMENTS:
+        raise ValueError(f"align must be 'top_left' or 'bottom_right'; got {align!r}")
+    return align
+
+
+def causal(align: str = "top_left", *, L: int | None = None, S: int | None = None) -> MaskPredicate:
+    """Query ``i`` sees keys ``j <= i`` (no peeking at the future); with ``L != S``, where the diagonal sits.
+
+    ``align="top_left"`` (torch's ``is_causal``): ``j <= i``, the diagonal starts
+    at the first query and key. ``align="bottom_right"`` (torch's
+    ``causal_lower_right``, FlashAttention): ``j <= i + (S - L)``, the diagonal
+    ends at the last query and key, so the last query sees every key. That is
+    what ``L`` new queries attending to ``S - L`` cached keys plus themselves
+    need: query ``i`` is position ``S - L + i`` of the sequence. The shift
+    depends on the sizes, so ``bottom_right`` needs ``L`` (queries) and ``S`` (keys).
+    """
+    align = _check_align(align)
+    if align == "top_left":
+        return _offset_predicate(lambda d: d >= 0, "causal()")
+    if L is None or S is None:
+        raise ValueError(
+            "causal(align='bottom_right') shifts the diagonal by S - L: pass the numbers of queries and keys, "
+            f"causal('bottom_right', L=..., S=...); got L={L!r}, S={S!r}"
+        )
+    L = check_int("L", L, minimum=1)
+    S = check_int("S", S, minimum=1)
+    shift = S - L  # query i is position i + shift of the keys' sequence
+    return _offset_predicate(lambda d: d >= -shift, f"causal('bottom_right', L={L}, S={S})")
 
 
 def sliding_window(window: int, causal: bool = False) -> MaskPredicate:
@@ -411,9 +440,16 @@ def _square_mask(n: int, predicate: MaskPredicate, like):
     return materialize(predicate, n, n, like=like)
 
 
-def causal_mask(n: int, *, like=None):
-    """``(n, n)`` boolean: lower triangle including the diagonal."""
-    return _square_mask(n, causal(), like)
+def causal_mask(L: int, S: int | None = None, *, align: str = "top_left", like=None):
+    """``(L, S)`` boolean (``S`` defaults to ``L``): the lower triangle including the diagonal.
+
+    ``align="top_left"``: ``j <= i``; ``align="bottom_right"``: ``j <= i + (S - L)``, the
+    last query sees every key (queries appended after ``S - L`` cached keys). The two agree when ``L == S``.
+    """
+    L = check_int("n" if S is None else "L", L, minimum=1)  # causal_mask(n): the square form's size is n
+    S = L if S is None else check_int("S", S, minimum=1)
+    predicate = causal(align) if _check_align(align) == "top_left" else causal(align, L=L, S=S)
+    return materialize(predicate, L, S, like=like)
 
 
 def padding_mask(lengths, n: int, *, like=None):

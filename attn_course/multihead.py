@@ -18,6 +18,17 @@ size ``d_model``; what the split buys is ``h`` separate attention patterns.
 
 Weights act on row vectors, ``x @ W_q`` with ``W_q`` of shape ``(in, out)``:
 the transpose of torch's ``nn.Linear`` layout (``x @ weight.T``).
+
+**Shared key/value heads.** With ``num_kv_heads < num_heads`` (dividing it),
+``W_k`` and ``W_v`` produce only ``num_kv_heads`` heads, each read by a group of
+``g = num_heads / num_kv_heads`` query heads (query head ``h`` reads key/value
+head ``h // g``): grouped-query attention (Ainslie et al. 2023), multi-query
+attention when ``num_kv_heads = 1`` (Shazeer 2019). The key/value cache of a
+decoder shrinks by the factor ``g``.
+
+**Decoding.** ``mha.decode(x_new, cache)`` computes the next ``t`` positions
+of causal self-attention from their inputs alone: their keys and values join
+a ``KVCache`` (``attn_course.cache``), their queries attend to everything in it.
 """
 
 from __future__ import annotations
@@ -25,10 +36,12 @@ from __future__ import annotations
 import math
 import numbers
 
+import array_api_compat
 import numpy as np
 
 from .attention import scaled_dot_product_attention
 from .backend import creation_namespace, get_namespace
+from .cache import KVCache
 from .validation import (
     as_array,
     as_float_array,
@@ -118,29 +131,36 @@ class MultiHeadAttention:
 
     d_model: the feature size of inputs and output; num_heads: how many heads,
     each of ``head_dim = d_model // num_heads`` features (d_model must divide).
-    Weights ``W_q, W_k, W_v, W_o`` are ``(d_model, d_model)`` arrays in the
-    ``(in, out)`` orientation, applied to row vectors: ``q = query @ W_q + b_q``
-    (torch's ``nn.Linear`` stores the transpose). Biases ``b_q, b_k, b_v, b_o``
-    are ``(d_model,)`` arrays, or None when ``bias=False``.
+    num_kv_heads: key/value heads, default ``num_heads``; fewer (dividing
+    ``num_heads``) gives grouped-query attention, 1 multi-query attention.
+    Weights ``W_q, W_o`` are ``(d_model, d_model)`` arrays, ``W_k, W_v``
+    ``(d_model, num_kv_heads * head_dim)``, in the ``(in, out)`` orientation,
+    applied to row vectors: ``q = query @ W_q + b_q`` (torch's ``nn.Linear``
+    stores the transpose). Biases ``b_q, b_k, b_v, b_o`` match the output sizes,
+    or are None when ``bias=False``.
 
     Initialisation, deterministic from ``seed`` (an int or a numpy Generator),
     at the scale torch's ``nn.MultiheadAttention`` uses: ``W_q, W_k, W_v`` drawn
     Xavier-uniform as one stacked in-projection, ``U(-a, a)`` with
-    ``a = sqrt(6 / (d_model + 3 d_model))``; ``W_o`` like torch's ``nn.Linear``,
+    ``a = sqrt(6 / (d_model + d_model + 2 num_kv_heads head_dim))``; ``W_o`` like torch's ``nn.Linear``,
     ``U(-1/sqrt(d_model), 1/sqrt(d_model))``; biases zero. Weights are float32,
     on the library of ``like`` (an array, ``"numpy"`` or ``"cupy"``; NumPy by default).
     """
 
-    def __init__(self, d_model: int, num_heads: int, *, bias: bool = True, seed=0, like=None):
+    def __init__(self, d_model: int, num_heads: int, *, num_kv_heads: int | None = None, bias: bool = True, seed=0,
+                 like=None):  # fmt: skip
         d_model, num_heads = self._check_sizes(d_model, num_heads)
+        num_kv_heads = self._check_kv_heads(num_heads, num_kv_heads)
         bias = check_bool("bias", bias)
         rng = _check_seed(seed)
-        in_bound = math.sqrt(6.0 / (d_model + 3 * d_model))  # Xavier on the stacked (3 d_model, d_model) in-proj
+        kv_width = num_kv_heads * (d_model // num_heads)  # the features of all key (or value) heads
+        in_bound = math.sqrt(6.0 / (2 * d_model + 2 * kv_width))  # Xavier on the stacked in-projection
         out_bound = 1.0 / math.sqrt(d_model)  # nn.Linear's default for the out-projection
-        weights = {name: rng.uniform(-in_bound, in_bound, (d_model, d_model)) for name in ("q", "k", "v")}
+        widths = {"q": d_model, "k": kv_width, "v": kv_width}
+        weights = {name: rng.uniform(-in_bound, in_bound, (d_model, width)) for name, width in widths.items()}
         weights["o"] = rng.uniform(-out_bound, out_bound, (d_model, d_model))
-        biases = {name: np.zeros(d_model) for name in PROJECTIONS} if bias else None
-        self._set_parameters(num_heads, weights, biases, np.float32, like)
+        biases = {name: np.zeros(weights[name].shape[1]) for name in PROJECTIONS} if bias else None
+        self._set_parameters(num_heads, weights, biases, np.float32, like, num_kv_heads)
 
     @staticmethod
     def _check_sizes(d_model, num_heads) -> tuple[int, int]:
@@ -153,11 +173,24 @@ class MultiHeadAttention:
             )
         return d_model, num_heads
 
-    def _set_parameters(self, num_heads: int, weights: dict, biases: dict | None, dtype, like):
-        """Store NumPy weights ``{name: (d_model, d_model)}`` (and biases) on the library of ``like``."""
+    @staticmethod
+    def _check_kv_heads(num_heads: int, num_kv_heads) -> int:
+        if num_kv_heads is None:
+            return num_heads
+        num_kv_heads = check_int("num_kv_heads", num_kv_heads, minimum=1)
+        if num_heads % num_kv_heads != 0:
+            raise ValueError(
+                f"num_kv_heads must divide num_heads (each key/value head serves a group of query heads); "
+                f"got num_heads={num_heads}, num_kv_heads={num_kv_heads}"
+            )
+        return num_kv_heads
+
+    def _set_parameters(self, num_heads: int, weights: dict, biases: dict | None, dtype, like, num_kv_heads=None):
+        """Store NumPy weights ``{name: (d_model, out)}`` (and biases) on the library of ``like``."""
         xp, device = creation_namespace(like)
         self.d_model = int(weights["q"].shape[0])
         self.num_heads = num_heads
+        self.num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         self.head_dim = self.d_model // num_heads
         for name in PROJECTIONS:
             setattr(self, f"W_{name}", xp.asarray(np.asarray(weights[name], dtype=dtype), device=device))
@@ -171,12 +204,13 @@ class MultiHeadAttention:
     def __repr__(self) -> str:
         library = type(self.W_q).__module__.split(".")[0]
         return (
-            f"MultiHeadAttention(d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
+            f"MultiHeadAttention(d_model={self.d_model}, num_heads={self.num_heads}, "
+            f"num_kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, "
             f"bias={self.bias}, dtype={dtype_name(self.W_q.dtype)}, library={library})"
         )
 
     def _project(self, x, name: str, work, xp):
-        """``x @ W_name + b_name`` in the dtype ``work``: (..., n, d_model) -> (..., n, d_model)."""
+        """``x @ W_name + b_name`` in the dtype ``work``: (..., n, d_model) -> (..., n, width of W_name)."""
         out = x @ xp.astype(getattr(self, f"W_{name}"), work)
         bias = getattr(self, f"b_{name}")
         return out if bias is None else out + xp.astype(bias, work)
@@ -198,19 +232,7 @@ class MultiHeadAttention:
         key = query if key is None else key
         value = key if value is None else value
         query, key, value, xp, batch = check_qkv(query, key, value, names=("query", "key", "value"))
-        for name, x in (("query", query), ("key", key), ("value", value)):
-            if x.shape[-1] != self.d_model:
-                raise ValueError(
-                    f"{name} must have d_model={self.d_model} features in its last axis; "
-                    f"got {name} of shape {shape_of(x)}"
-                )
-        try:
-            get_namespace(query, self.W_q)
-        except TypeError:
-            raise TypeError(
-                f"query is a {type(query).__module__.split('.')[0]} array but the weights are "
-                f"{type(self.W_q).__module__.split('.')[0]} arrays: build the layer with like=query"
-            ) from None
+        self._check_inputs(query=query, key=key, value=value)
         L, S = shape_of(query)[-2], shape_of(key)[-2]
         if mask is not None:
             get_namespace(query, mask)  # one library for all inputs
@@ -219,14 +241,78 @@ class MultiHeadAttention:
 
         work = compute_dtype(query.dtype, xp)
         q = split_heads(self._project(xp.astype(query, work), "q", work, xp), self.num_heads)  # (..., h, L, head_dim)
-        k = split_heads(self._project(xp.astype(key, work), "k", work, xp), self.num_heads)  # (..., h, S, head_dim)
-        v = split_heads(self._project(xp.astype(value, work), "v", work, xp), self.num_heads)  # (..., h, S, head_dim)
-        heads, weights = scaled_dot_product_attention(q, k, v, mask, is_causal=is_causal, return_weights=True)
+        k = split_heads(self._project(xp.astype(key, work), "k", work, xp), self.num_kv_heads)  # (..., h_kv, S, hd)
+        v = split_heads(self._project(xp.astype(value, work), "v", work, xp), self.num_kv_heads)  # (..., h_kv, S, hd)
+        heads, weights = scaled_dot_product_attention(
+            q, k, v, mask, is_causal=is_causal, return_weights=True, enable_gqa=self.grouped
+        )  # (..., h, L, head_dim), (..., h, L, S): query head i reads key/value head i // (h / h_kv)
         out = self._project(merge_heads(heads), "o", work, xp)  # (..., L, d_model)
         out = xp.astype(out, query.dtype)
         if return_weights:
             return out, xp.astype(weights, query.dtype)  # weights (..., h, L, S)
         return out
+
+    @property
+    def grouped(self) -> bool:
+        """True when query heads share key/value heads (``num_kv_heads < num_heads``)."""
+        return self.num_kv_heads != self.num_heads
+
+    def _check_inputs(self, **inputs):
+        for name, x in inputs.items():
+            if x.shape[-1] != self.d_model:
+                raise ValueError(
+                    f"{name} must have d_model={self.d_model} features in its last axis; "
+                    f"got {name} of shape {shape_of(x)}"
+                )
+            try:
+                get_namespace(x, self.W_q)
+            except TypeError:
+                raise TypeError(
+                    f"{name} is a {type(x).__module__.split('.')[0]} array but the weights are "
+                    f"{type(self.W_q).__module__.split('.')[0]} arrays: build the layer with like={name}"
+                ) from None
+
+    def new_cache(self, *, window: int | None = None, sinks: int = 0) -> KVCache:
+        """An empty ``KVCache`` for ``decode`` (``window``, ``sinks``: see ``KVCache``)."""
+        return KVCache(window=window, sinks=sinks)
+
+    def decode(self, x_new, cache: KVCache):
+        """Causal self-attention for the next ``t`` positions, reading the earlier ones from ``cache``.
+
+        x_new: (..., t, d_model), the inputs at positions ``cache.length .. cache.length + t - 1``.
+        Their keys and values (``(..., num_kv_heads, t, head_dim)``) are appended to
+        ``cache``; each new query attends to the cached keys and to the new keys at
+        or before its own position (and, for a windowed cache, to those its window
+        and the sinks keep). Returns out (..., t, d_model): decoding a sequence in
+        chunks gives the rows of ``mha(x, is_causal=True)``.
+        """
+        if not isinstance(cache, KVCache):
+            raise TypeError(f"cache must be an attn_course.KVCache (mha.new_cache()); got {type(cache).__name__}")
+        x_new = as_float_array("x_new", x_new)
+        require_ndim("x_new", x_new, 2, "(..., t, d_model)")
+        self._check_inputs(x_new=x_new)
+        held = cache.batch_shape
+        if held is not None and (held[-1:], cache.feature_sizes) != ((self.num_kv_heads,), (self.head_dim,) * 2):
+            raise ValueError(
+                f"the cache holds keys (..., heads, n, d) with {held[-1]} heads of {cache.feature_sizes[0]} features "
+                f"(leading axes {held}); this layer has num_kv_heads={self.num_kv_heads} of head_dim={self.head_dim}"
+            )
+        xp = get_namespace(x_new)
+        work = compute_dtype(x_new.dtype, xp)
+        x = xp.astype(x_new, work)
+        t = shape_of(x)[-2]
+        q = split_heads(self._project(x, "q", work, xp), self.num_heads)  # (..., h, t, head_dim)
+        k = split_heads(self._project(x, "k", work, xp), self.num_kv_heads)  # (..., h_kv, t, head_dim)
+        v = split_heads(self._project(x, "v", work, xp), self.num_kv_heads)  # (..., h_kv, t, head_dim)
+        keys, values, positions = cache.append(k, v)  # (..., h_kv, n, head_dim) x 2, (n,)
+        mask = None
+        if t > 1 or cache.window is not None:  # one new query without a window sees every kept key
+            query_positions = np.arange(cache.length - t, cache.length)  # (t,): the new positions
+            allowed = cache.attention_mask(query_positions, positions)  # (t, n): causal, bottom-right aligned
+            mask = xp.asarray(allowed, device=array_api_compat.device(x))
+        heads = scaled_dot_product_attention(q, keys, values, mask, enable_gqa=self.grouped)  # (..., h, t, head_dim)
+        out = self._project(merge_heads(heads), "o", work, xp)  # (..., t, d_model)
+        return xp.astype(out, x_new.dtype)
 
     @classmethod
     def from_torch(cls, module, *, like=None):

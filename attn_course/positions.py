@@ -26,6 +26,20 @@ Writing the pair as a complex number ``z_i = x_2i + i x_2i+1`` this is
 ``m`` and a key rotated to ``n`` sums ``Re(q_i conj(k_i) exp(i (m - n) theta_i))``:
 it depends on the positions only through the offset ``m - n``. Attention
 scores become relative, and rotations keep every vector's length.
+
+**ALiBi** (Press et al. 2022, "Train Short, Test Long") adds nothing to the
+tokens: each head ``h`` subtracts a penalty proportional to the distance from
+its scores, a bias for ``scaled_dot_product_attention(..., bias=...)``::
+
+    score_h(i, j) = q_i . k_j / sqrt(d) - m_h * |p_i - p_j|
+
+The slopes ``m_h`` form a geometric sequence. For ``n`` heads, ``n`` a power
+of two, ``m_h = r^h`` for ``h = 1 .. n`` with ``r = 2^(-8/n)`` (8 heads:
+1/2, 1/4, ..., 1/256). For other ``n`` the paper takes the ``2^k`` slopes of
+the largest power of two ``2^k < n``, then the remaining ``n - 2^k`` from the
+sequence for ``2^(k+1)`` heads, every other one starting with its first
+(``r' = 2^(-8/2^(k+1))``: ``r'^1, r'^3, r'^5, ...``), which fall between the
+first ones. Steep heads look near, shallow heads far.
 """
 
 from __future__ import annotations
@@ -48,7 +62,7 @@ from .validation import (
     shape_of,
 )
 
-__all__ = ["apply_rope", "sinusoidal_encoding"]
+__all__ = ["alibi_bias", "alibi_slopes", "apply_rope", "sinusoidal_encoding"]
 
 FLOAT_NAMES = ("float16", "float32", "float64")
 
@@ -164,3 +178,67 @@ def apply_rope(x, positions=None, base: float = 10000.0):
     even, odd = pairs[..., 0], pairs[..., 1]  # (..., L, d/2) each
     rotated = xp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)  # (..., L, d/2, 2)
     return xp.astype(xp.reshape(rotated, (*batch, L, d)), x.dtype)  # (..., L, d)
+
+
+# --------------------------------------------------------------------------- ALiBi
+
+
+def _power_of_two_slopes(num_heads: int) -> list[float]:
+    """``r^1 .. r^n`` with ``r = 2^(-8/n)``: the slopes for ``n`` a power of two."""
+    ratio = 2.0 ** (-8.0 / num_heads)
+    return [ratio ** (h + 1) for h in range(num_heads)]
+
+
+def alibi_slopes(num_heads: int, *, like=None):
+    """ALiBi's ``(num_heads,)`` float64 slopes ``m_h`` (Press et al. 2022).
+
+    A power of two ``n``: ``2^(-8h/n)`` for ``h = 1 .. n``. Otherwise, with ``2^k``
+    the largest power of two below ``n``: the ``2^k`` slopes of ``2^k`` heads,
+    then the first ``n - 2^k`` of the odd-numbered slopes of ``2^(k+1)`` heads
+    (``2^(-8h/2^(k+1))`` for ``h = 1, 3, 5, ...``).
+    like: an array, ``"numpy"`` or ``"cupy"``: the library of the result (NumPy by default).
+    """
+    num_heads = check_int("num_heads", num_heads, minimum=1)
+    below = 1 << (num_heads.bit_length() - 1)  # the largest power of two <= num_heads
+    slopes = _power_of_two_slopes(below)
+    if below < num_heads:
+        slopes += _power_of_two_slopes(2 * below)[0::2][: num_heads - below]  # h = 1, 3, 5, ... of 2^(k+1) heads
+    xp, device = creation_namespace(like)
+    return xp.asarray(slopes, dtype=xp.float64, device=device)  # (num_heads,)
+
+
+def _check_position_list(name: str, positions):
+    positions = as_array(name, positions)
+    xp = get_namespace(positions)
+    if positions.ndim != 1 or not (
+        xp.isdtype(positions.dtype, "integral") or xp.isdtype(positions.dtype, "real floating")
+    ):
+        raise ValueError(
+            f"{name} must be a 1-d array of positions (integers or reals); got shape {shape_of(positions)}, "
+            f"dtype {dtype_name(positions.dtype)}"
+        )
+    if xp.isdtype(positions.dtype, "real floating"):
+        require_finite(name, positions, xp)
+    return positions
+
+
+def alibi_bias(num_heads: int, query_positions, key_positions, *, dtype="float32"):
+    """ALiBi's ``(num_heads, L, S)`` bias ``-m_h * |p_i - p_j|`` for ``scaled_dot_product_attention(..., bias=)``.
+
+    query_positions: (L,) the positions of the queries; key_positions: (S,) those
+    of the keys (integers or reals, same library; NumPy for lists). With a key/value
+    cache the queries are the last positions: ``query_positions = arange(S - L, S)``.
+    Combine with a causal mask for a language model (the bias alone does not hide the future).
+    dtype: ``"float16"``, ``"float32"`` (default) or ``"float64"``; computed in float64.
+    """
+    num_heads = check_int("num_heads", num_heads, minimum=1)
+    query_positions = _check_position_list("query_positions", query_positions)
+    key_positions = _check_position_list("key_positions", key_positions)
+    xp = get_namespace(query_positions, key_positions)
+    out_dtype = _float_dtype(dtype, xp)
+    slopes = alibi_slopes(num_heads, like=query_positions)  # (h,)
+    p_i = xp.reshape(xp.astype(query_positions, xp.float64), (1, -1, 1))  # (1, L, 1)
+    p_j = xp.reshape(xp.astype(key_positions, xp.float64), (1, 1, -1))  # (1, 1, S)
+    distance = xp.abs(p_i - p_j)  # (1, L, S)
+    bias = 0.0 - xp.reshape(slopes, (num_heads, 1, 1)) * distance  # (h, L, S); 0.0 - x: no "-0." printed
+    return xp.astype(bias, out_dtype)

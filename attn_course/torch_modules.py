@@ -24,7 +24,14 @@ lessons use run here under torch's autograd. Only the weights are torch's
   (layer norm *before* each sub-layer, as GPT-2 and most modern models do; the
   2017 paper normalised after the residual sum, "post-LN").
 * ``CharLanguageModel``: characters in, next-character logits out, with fixed
-  sinusoidal positions and causal blocks.
+  sinusoidal positions and causal blocks. ``generate`` decodes with a key/value
+  cache per block (``attn_course.KVCache``): each new character costs one row
+  of attention per layer instead of a pass over the whole prefix.
+
+Decoding with a cache (lesson 19): ``MultiHeadAttention.decode(x_new, cache)``,
+``TransformerBlock.decode`` and ``CharLanguageModel.decode(ids_new, caches)``
+compute the next positions from their own inputs and the cached keys and values
+of the earlier ones, the same numbers as the full causal pass.
 
 torch is imported here, so import this module only where torch is installed
 (``import attn_course`` itself never imports it).
@@ -37,6 +44,7 @@ from torch import nn
 
 from . import multihead
 from .attention import scaled_dot_product_attention
+from .cache import KVCache
 from .multihead import merge_heads, split_heads
 from .positions import sinusoidal_encoding
 from .validation import check_int
@@ -92,16 +100,25 @@ class MultiHeadAttention(nn.Module):
     Called like ``attn_course.MultiHeadAttention``: ``mha(query)`` is
     self-attention, ``mha(y, memory, memory)`` cross-attention. Parameters, in
     this order: ``query``, ``key``, ``value``, ``out``, each an
-    ``nn.Linear(d_model, d_model)``.
+    ``nn.Linear(d_model, d_model)`` (``key`` and ``value`` map to
+    ``num_kv_heads * head_dim`` features when ``num_kv_heads < num_heads``:
+    grouped-query attention). ``decode(x_new, cache)`` continues causal
+    self-attention from a ``KVCache``.
     """
 
-    def __init__(self, d_model: int, num_heads: int, *, bias: bool = True):
+    def __init__(self, d_model: int, num_heads: int, *, num_kv_heads: int | None = None, bias: bool = True):
         super().__init__()
         d_model, num_heads = check_head_sizes(d_model, num_heads)
-        self.d_model, self.num_heads = d_model, num_heads
+        num_kv_heads = num_heads if num_kv_heads is None else check_int("num_kv_heads", num_kv_heads, minimum=1)
+        if num_heads % num_kv_heads:
+            raise ValueError(
+                f"num_kv_heads must divide num_heads; got num_heads={num_heads}, num_kv_heads={num_kv_heads}"
+            )
+        self.d_model, self.num_heads, self.num_kv_heads = d_model, num_heads, num_kv_heads
+        kv_width = num_kv_heads * (d_model // num_heads)
         self.query = nn.Linear(d_model, d_model, bias=bias)
-        self.key = nn.Linear(d_model, d_model, bias=bias)
-        self.value = nn.Linear(d_model, d_model, bias=bias)
+        self.key = nn.Linear(d_model, kv_width, bias=bias)
+        self.value = nn.Linear(d_model, kv_width, bias=bias)
         self.out = nn.Linear(d_model, d_model, bias=bias)
 
     def forward(self, query, key=None, value=None, mask=None, is_causal: bool = False, return_weights: bool = False):
@@ -123,11 +140,43 @@ class MultiHeadAttention(nn.Module):
         if mask is not None and getattr(mask, "ndim", 0) == query.ndim > 2:
             mask = mask[..., None, :, :]  # (..., 1, L, S): the sequence's mask, the same for every head
         q = split_heads(self.query(query), self.num_heads)  # (..., h, L, d_head): what each position asks
-        k = split_heads(self.key(key), self.num_heads)  # (..., h, S, d_head): what each key position offers
-        v = split_heads(self.value(value), self.num_heads)  # (..., h, S, d_head)
-        heads, weights = scaled_dot_product_attention(q, k, v, mask, is_causal=is_causal, return_weights=True)
+        k = split_heads(self.key(key), self.num_kv_heads)  # (..., h_kv, S, d_head): what each key position offers
+        v = split_heads(self.value(value), self.num_kv_heads)  # (..., h_kv, S, d_head)
+        heads, weights = scaled_dot_product_attention(
+            q, k, v, mask, is_causal=is_causal, return_weights=True, enable_gqa=self.num_kv_heads != self.num_heads
+        )
         out = self.out(merge_heads(heads))  # (..., L, d_model)
         return (out, weights) if return_weights else out
+
+    def decode(self, x_new, cache: KVCache):
+        """Causal self-attention for the next ``t`` positions ``x_new (..., t, d_model)``, earlier ones from ``cache``.
+
+        The new keys and values ``(..., h_kv, t, d_head)`` are appended to ``cache``;
+        query ``i`` of the new ones (position ``cache.length - t + i`` after the
+        append) sees every cached key and the new keys up to itself (bottom-right
+        causal). Returns out (..., t, d_model), the rows the full causal pass gives.
+        """
+        if not isinstance(cache, KVCache):
+            raise TypeError(f"cache must be an attn_course.KVCache; got {type(cache).__name__}")
+        self._check_input("x_new", x_new)
+        held = cache.batch_shape
+        d_head = self.d_model // self.num_heads
+        if held is not None and (held[-1], cache.feature_sizes) != (self.num_kv_heads, (d_head, d_head)):
+            raise ValueError(
+                f"the cache holds {held[-1]} heads of {cache.feature_sizes[0]} features (leading axes {held}); "
+                f"this layer has num_kv_heads={self.num_kv_heads} of d_head={d_head}"
+            )
+        t = x_new.shape[-2]
+        q = split_heads(self.query(x_new), self.num_heads)  # (..., h, t, d_head)
+        k = split_heads(self.key(x_new), self.num_kv_heads)  # (..., h_kv, t, d_head)
+        v = split_heads(self.value(x_new), self.num_kv_heads)  # (..., h_kv, t, d_head)
+        keys, values, positions = cache.append(k, v)  # (..., h_kv, n, d_head) x 2, (n,)
+        mask = None
+        if t > 1 or cache.window is not None:  # a single new query without a window sees every key
+            query_positions = range(cache.length - t, cache.length)
+            mask = torch.from_numpy(cache.attention_mask(query_positions, positions)).to(x_new.device)  # (t, n)
+        heads = scaled_dot_product_attention(q, keys, values, mask, enable_gqa=self.num_kv_heads != self.num_heads)
+        return self.out(merge_heads(heads))  # (..., t, d_model)
 
     def _check_input(self, name: str, tensor) -> None:
         if not isinstance(tensor, torch.Tensor) or not torch.is_floating_point(tensor):
@@ -143,7 +192,9 @@ class MultiHeadAttention(nn.Module):
 
     def to_numpy(self) -> multihead.MultiHeadAttention:
         """The NumPy ``attn_course.MultiHeadAttention`` with this module's weights (float32)."""
-        numpy_layer = multihead.MultiHeadAttention(self.d_model, self.num_heads, bias=self.query.bias is not None)
+        numpy_layer = multihead.MultiHeadAttention(
+            self.d_model, self.num_heads, num_kv_heads=self.num_kv_heads, bias=self.query.bias is not None
+        )
         for name, linear in (("q", self.query), ("k", self.key), ("v", self.value), ("o", self.out)):
             setattr(numpy_layer, f"W_{name}", linear.weight.detach().T.float().cpu().numpy().copy())  # (in, out)
             if linear.bias is not None:
@@ -202,6 +253,11 @@ class TransformerBlock(nn.Module):
         x = x + self.dropout(self.mlp(self.norm2(x)))
         return (x, weights) if return_weights else x
 
+    def decode(self, x_new, cache: KVCache):
+        """The block for the next positions ``x_new (..., t, d_model)``, causal attention read from ``cache``."""
+        x = x_new + self.dropout(self.attention.decode(self.norm1(x_new), cache))
+        return x + self.dropout(self.mlp(self.norm2(x)))
+
 
 class CharLanguageModel(nn.Module):
     """A tiny decoder-only transformer over characters: predicts each next character.
@@ -236,13 +292,56 @@ class CharLanguageModel(nn.Module):
         logits = self.head(self.norm(x))  # (B, L, vocab_size)
         return (logits, all_weights) if return_weights else logits
 
+    def new_caches(self) -> list[KVCache]:
+        """One empty ``KVCache`` per block, for ``decode``."""
+        return [KVCache() for _ in self.blocks]
+
+    def decode(self, ids_new, caches: list[KVCache]):
+        """Logits (B, t, vocab_size) for the next ``t`` characters ``ids_new (B, t)``, earlier ones in ``caches``.
+
+        The new characters sit at positions ``caches[0].length ..``; every block
+        appends their keys and values to its cache. The total length must stay
+        within ``context_length`` (the sinusoidal table ends there).
+        """
+        if len(caches) != len(self.blocks):
+            raise ValueError(f"caches must hold one KVCache per block ({len(self.blocks)}); got {len(caches)}")
+        start = caches[0].length
+        if ids_new.ndim != 2 or start + ids_new.shape[1] > self.context_length:
+            raise ValueError(
+                f"ids_new must be (B, t) with {start} cached + t <= context_length={self.context_length}; "
+                f"got shape {tuple(ids_new.shape)}"
+            )
+        x = self.embedding(ids_new) + self.positions[start : start + ids_new.shape[1]]  # (B, t, d_model)
+        for block, cache in zip(self.blocks, caches, strict=True):
+            x = block.decode(x, cache)
+        return self.head(self.norm(x))  # (B, t, vocab_size)
+
     @torch.no_grad()
-    def generate(self, ids, num_new: int, *, temperature: float = 1.0, generator: torch.Generator | None = None):
-        """Extend ``ids`` (B, L) by ``num_new`` sampled characters; a ``generator`` makes it repeatable."""
+    def generate(self, ids, num_new: int, *, temperature: float = 1.0, generator: torch.Generator | None = None,
+                 use_cache: bool = True):  # fmt: skip
+        """Extend ``ids`` (B, L) by ``num_new`` sampled characters; a ``generator`` makes it repeatable.
+
+        Each step samples from the logits of the last (at most) ``context_length``
+        characters. With ``use_cache`` (the default) the prompt is encoded once and
+        each new character is one ``decode`` step: its keys and values join one
+        ``KVCache`` per block. Once the text outgrows the context, the window of
+        characters slides and every position's sinusoidal encoding changes, so the
+        cached keys no longer apply: from then on each step is a full pass over the
+        last ``context_length`` characters, as without the cache. The characters
+        drawn are the same either way.
+        """
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0; got {temperature}")
+        caches = None
         for _ in range(num_new):
-            logits = self(ids[:, -self.context_length :])[:, -1] / temperature  # (B, vocab_size)
-            probabilities = torch.softmax(logits, dim=-1)
+            if use_cache and ids.shape[1] <= self.context_length:
+                if caches is None:  # the prompt (at most context_length characters) in one pass
+                    caches = self.new_caches()
+                    logits = self.decode(ids, caches)[:, -1]  # (B, vocab_size)
+                else:  # one new character: one row of attention per block
+                    logits = self.decode(ids[:, -1:], caches)[:, -1]
+            else:
+                logits = self(ids[:, -self.context_length :])[:, -1]  # (B, vocab_size): the whole window again
+            probabilities = torch.softmax(logits / temperature, dim=-1)
             ids = torch.cat([ids, torch.multinomial(probabilities, 1, generator=generator)], dim=1)
         return ids

@@ -27,6 +27,12 @@ names: ``MultiHeadSelfAttention`` (``attn(y, mask=...)``) and
 here). Both MLPs are ``torch_modules.FeedForward``, and the masks are the
 package's ``attn_course.masks`` patterns built on torch tensors.
 
+``Translator.greedy_decode`` writes the target with a key/value cache per
+decoder layer (``attn_course.KVCache``, lesson 19): each step runs the decoder
+on the one new token, its self-attention reading the earlier tokens' keys and
+values from the cache, instead of running it again over everything written so
+far. The tokens are the same as with full passes.
+
 ``Translator(..., context="mean")`` removes cross-attention for comparison: the
 decoder then gets one summary of the source, the mean of the encoder's outputs
 over the real characters, added to every position (the fixed-vector bottleneck
@@ -41,6 +47,7 @@ import torch
 from torch import nn
 
 from . import masks
+from .cache import KVCache
 from .positions import sinusoidal_encoding
 from .torch_modules import (
     FeedForward,
@@ -116,6 +123,21 @@ class DecoderLayer(nn.Module):
             y = y + read  # (B, T, d_model): reads the source
         y = y + self.mlp(self.norm_mlp(y))
         return y, weights
+
+    def decode_step(self, y_new, memory, source_mask, cache: KVCache):
+        """The layer for the next target positions ``y_new (B, t, d_model)``, self-attention read from ``cache``.
+
+        Every target position is real while decoding, so the self-attention is
+        causal only (``MultiHeadAttention.decode``). Returns ``(B, t, d_model)``
+        and the cross-attention weights ``(B, h, t, S)`` (None without cross-attention).
+        """
+        y = y_new + self.self_attention.decode(self.norm_self(y_new), cache)  # (B, t, d_model)
+        weights = None
+        if self.cross_attention is not None:
+            read, weights = self.cross_attention(self.norm_cross(y), memory, memory, mask=source_mask,
+                                                 return_weights=True)  # fmt: skip
+            y = y + read
+        return y + self.mlp(self.norm_mlp(y)), weights
 
 
 class Translator(nn.Module):
@@ -202,15 +224,22 @@ class Translator(nn.Module):
         return (logits, cross_weights) if return_weights else logits
 
     @torch.no_grad()
-    def greedy_decode(self, source, source_lengths, *, max_new: int, bos: int = 1, eos: int = 2, pad: int = 0):
+    def greedy_decode(self, source, source_lengths, *, max_new: int, bos: int = 1, eos: int = 2, pad: int = 0,
+                      use_cache: bool = True):  # fmt: skip
         """Write the target one token at a time, always taking the most likely next token.
 
         Starts every sequence from ``<bos>``; a sequence that has produced
         ``<eos>`` gets ``pad`` afterwards. Stops after ``max_new`` tokens or when
         every sequence has ended. Returns the new tokens (B, n) (``<bos>`` not
-        included, ``n <= max_new``) and the cross-attention weights of the last
-        step's full pass, one (B, h, n, S) per layer (empty for ``context="mean"``),
-        where row ``t`` is what output token ``t`` read.
+        included, ``n <= max_new``) and the cross-attention weights, one (B, h, n, S)
+        per layer (empty for ``context="mean"``), where row ``t`` is what the step
+        that chose output token ``t`` read.
+
+        With ``use_cache`` (the default) each step feeds only the newest token
+        through the decoder; one ``KVCache`` per layer holds the self-attention's
+        keys and values of the earlier tokens. ``use_cache=False`` runs the decoder
+        over all tokens so far at every step (and the weights come from one last
+        full pass); both choose the same tokens.
         """
         if isinstance(max_new, bool) or not isinstance(max_new, int) or not 1 <= max_new < self.max_length:
             raise ValueError(f"max_new must be an integer in 1..{self.max_length - 1}; got {max_new!r}")
@@ -218,14 +247,46 @@ class Translator(nn.Module):
         B = source.shape[0]
         tokens = torch.full((B, 1), bos, dtype=torch.int64)  # (B, 1): <bos>
         finished = torch.zeros(B, dtype=torch.bool)
+        caches = [KVCache() for _ in self.decoder]
+        step_weights = []  # per step: one (B, h, 1, S) per layer
         for _ in range(max_new):
-            logits, _ = self.decode(memory, source_mask, tokens)  # (B, t, vocab)
-            next_token = logits[:, -1].argmax(dim=-1)  # (B,): the most likely next token
+            if use_cache:
+                last, weights = self.decode_step(memory, source_mask, tokens[:, -1:], caches)  # (B, vocab)
+                step_weights.append(weights)
+            else:
+                logits, _ = self.decode(memory, source_mask, tokens)  # (B, t, vocab)
+                last = logits[:, -1]
+            next_token = last.argmax(dim=-1)  # (B,): the most likely next token
             next_token = torch.where(finished, torch.full_like(next_token, pad), next_token)
             tokens = torch.cat([tokens, next_token[:, None]], dim=1)  # (B, t + 1)
             finished |= next_token == eos
             if bool(finished.all()):
                 break
-        _, cross_weights = self.decode(memory, source_mask, tokens[:, :-1])  # the pass that chose every token
+        if use_cache:  # row t of each layer's weights: the step that chose token t
+            layers = zip(*step_weights, strict=True)
+            cross_weights = [None if rows[0] is None else torch.cat(rows, dim=2) for rows in layers]
+        else:
+            _, cross_weights = self.decode(memory, source_mask, tokens[:, :-1])  # the pass that chose every token
         cross_weights = [w for w in cross_weights if w is not None]
         return tokens[:, 1:], cross_weights
+
+    def decode_step(self, memory, source_mask, new_tokens, caches: list[KVCache]):
+        """Logits (B, target_vocab) for the token after ``new_tokens (B, t)``, earlier tokens read from ``caches``.
+
+        ``caches`` holds one ``KVCache`` per decoder layer (the self-attention's keys
+        and values); the new tokens sit at positions ``caches[0].length ..``.
+        Returns the last position's logits and the cross-attention weights of the
+        new positions, one (B, h, t, S) per layer (None without cross-attention).
+        """
+        start, T = caches[0].length, new_tokens.shape[1]
+        if start + T > self.max_length:
+            raise ValueError(f"decoding past max_length={self.max_length}: {start} cached + {T} new positions")
+        y = self.target_embedding(new_tokens) + self.positions[start : start + T]  # (B, t, d_model)
+        if self.context == "mean":
+            real = source_mask[:, 0, 0, :, None].to(memory.dtype)  # (B, S, 1)
+            y = y + (memory * real).sum(dim=1, keepdim=True) / real.sum(dim=1, keepdim=True)
+        cross_weights = []
+        for layer, cache in zip(self.decoder, caches, strict=True):
+            y, weights = layer.decode_step(y, memory, source_mask, cache)
+            cross_weights.append(weights)
+        return self.head(self.decoder_norm(y))[:, -1], cross_weights  # (B, target_vocab)

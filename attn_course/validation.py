@@ -105,6 +105,16 @@ def check_scale(scale, d: int) -> float:
     return float(scale)
 
 
+def broadcasts_without_enlarging(shape, target_shape) -> bool:
+    """True when an array of ``shape`` broadcasts to ``target_shape`` and the result is ``target_shape`` itself."""
+    if len(shape) > len(target_shape):
+        return False
+    try:
+        return tuple(np.broadcast_shapes(tuple(shape), tuple(target_shape))) == tuple(target_shape)
+    except ValueError:
+        return False
+
+
 def check_mask(mask, target_shape: tuple[int, ...], what: str, xp, min_ndim: int = 2):
     """A boolean mask that broadcasts to ``target_shape`` without enlarging it.
 
@@ -124,13 +134,7 @@ def check_mask(mask, target_shape: tuple[int, ...], what: str, xp, min_ndim: int
             f"mask must have at least 2 dimensions (..., L, S); got shape {shape_of(mask)}. "
             "For a mask over keys only, add the query axis: mask[None, :]"
         )
-    ok = mask.ndim <= len(target_shape)
-    if ok:
-        try:
-            ok = tuple(np.broadcast_shapes(shape_of(mask), target_shape)) == tuple(target_shape)
-        except ValueError:
-            ok = False
-    if not ok:
+    if not broadcasts_without_enlarging(shape_of(mask), target_shape):
         raise ValueError(
             f"mask of shape {shape_of(mask)} does not broadcast to {what} {tuple(target_shape)}; "
             "each of its dimensions must be 1 or equal the matching one"

@@ -1,5 +1,6 @@
 """scaled_dot_product_attention against torch's F.scaled_dot_product_attention (float64)."""
 
+import contextlib
 import math
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from attn_course import fast
 from attn_course import scaled_dot_product_attention as sdpa
 from attn_course.backend import asarray, to_numpy
 from tests.support import BACKENDS, FLOAT_DTYPES, assert_close, random_array, same_library, to_torch64
@@ -189,3 +191,101 @@ def bad_cases():
 def test_bad_input(args, kwargs, error, match):
     with pytest.raises(error, match=match):
         sdpa(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------- bias and grouped-query heads (round 2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias_shape", [(L, S), (2, 1, L, S), (2, 7, L, S), (7, 1, S)])
+def test_bias_matches_torch_float_mask(rng, backend, dtype, bias_shape):
+    q, k, v = qkv(rng, (2, 7), dtype, backend)
+    bias = asarray(rng.standard_normal(bias_shape).astype(dtype), backend)
+    expected = F.scaled_dot_product_attention(to_torch64(q), to_torch64(k), to_torch64(v), attn_mask=to_torch64(bias))
+    assert_close(sdpa(q, k, v, bias=bias), expected, dtype)
+
+
+def test_bias_with_minus_infinity_forbids_pairs_like_a_mask(rng):
+    q, k, v = qkv(rng, (2,), np.float64)
+    mask = random_mask(rng, (L, S))
+    bias = rng.standard_normal((L, S))
+    additive = np.where(mask, bias, -np.inf)
+    expected = F.scaled_dot_product_attention(
+        to_torch64(q), to_torch64(k), to_torch64(v), attn_mask=to_torch64(additive)
+    )
+    assert_close(sdpa(q, k, v, bias=additive), expected)
+    assert_close(sdpa(q, k, v, mask, bias=bias), expected)  # the same pairs forbidden by the boolean mask
+    out, weights = sdpa(q, k, v, bias=np.full((L, S), -np.inf), return_weights=True)
+    assert np.all(out == 0) and np.all(weights == 0)  # rows that may see nothing: zeros, never NaN
+
+
+def test_bias_combines_with_causal_and_weights(rng):
+    q, k, v = qkv(rng, (3,), np.float64)
+    bias = rng.standard_normal((3, L, S))
+    out, weights = sdpa(q, k, v, bias=bias, is_causal=True, return_weights=True)
+    causal = torch.ones(L, S, dtype=torch.bool).tril()
+    additive = torch.from_numpy(bias).masked_fill(~causal, -math.inf)
+    expected = F.scaled_dot_product_attention(to_torch64(q), to_torch64(k), to_torch64(v), attn_mask=additive)
+    assert_close(out, expected)
+    assert np.all(weights[..., ~causal.numpy()] == 0)
+
+
+GQA_SHAPES = [(6, 3), (6, 2), (6, 1), (4, 4)]  # (query heads, key/value heads): GQA, GQA, MQA, MHA
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("query_heads", "kv_heads"), GQA_SHAPES)
+@pytest.mark.parametrize("reference_path", [False, True])
+def test_gqa_matches_torch_enable_gqa(rng, backend, query_heads, kv_heads, reference_path):
+    q = random_array(rng, (2, query_heads, L, D), np.float32, backend)
+    k = random_array(rng, (2, kv_heads, S, D), np.float32, backend)
+    v = random_array(rng, (2, kv_heads, S, DV), np.float32, backend)
+    expected = F.scaled_dot_product_attention(to_torch64(q), to_torch64(k), to_torch64(v), enable_gqa=True)
+    with fast.disabled() if reference_path else contextlib.nullcontext():
+        out = sdpa(q, k, v, enable_gqa=True)
+    assert same_library(out, q)
+    assert_close(out, expected, np.float32)
+
+
+@pytest.mark.parametrize(("query_heads", "kv_heads"), GQA_SHAPES)
+def test_gqa_with_mask_bias_causal_and_weights_matches_torch(rng, query_heads, kv_heads):
+    q = rng.standard_normal((2, query_heads, L, D))
+    k, v = rng.standard_normal((2, kv_heads, S, D)), rng.standard_normal((2, kv_heads, S, DV))
+    mask = random_mask(rng, (2, query_heads, L, S))
+    bias = rng.standard_normal((query_heads, L, S))
+    additive = torch.from_numpy(bias).masked_fill(~torch.from_numpy(mask), -math.inf)
+    expected = F.scaled_dot_product_attention(*map(torch.from_numpy, (q, k, v)), attn_mask=additive, enable_gqa=True)
+    out, weights = sdpa(q, k, v, mask, bias=bias, enable_gqa=True, return_weights=True)
+    assert_close(out, expected)
+    assert weights.shape == (2, query_heads, L, S)
+    # query head h reads key/value head h // g: its weights equal those of plain attention on that head
+    group = query_heads // kv_heads
+    for h in range(query_heads):
+        _, head_weights = sdpa(q[:, h], k[:, h // group], v[:, h // group], mask[:, h], bias=bias[h],
+                               return_weights=True)  # fmt: skip
+        assert_close(weights[:, h], head_weights)
+    causal = sdpa(q, k, v, is_causal=True, enable_gqa=True)
+    expected = F.scaled_dot_product_attention(*map(torch.from_numpy, (q, k, v)), is_causal=True, enable_gqa=True)
+    assert_close(causal, expected)
+
+
+@pytest.mark.parametrize(
+    ("q_shape", "k_shape", "kwargs", "error", "match"),
+    [
+        ((2, 6, L, D), (2, 4, S, D), {"enable_gqa": True}, ValueError, r"multiple of the key/value heads.*6.*4"),
+        ((2, 6, L, D), (2, 3, S, D), {}, ValueError, r"6 heads.*has 3.*pass enable_gqa=True"),
+        ((L, D), (S, D), {"enable_gqa": True}, ValueError, r"enable_gqa needs a head axis: q"),
+        ((2, 4, L, D), (2, 2, S, D), {"enable_gqa": 1}, TypeError, "enable_gqa must be True or False"),
+        ((2, L, D), (2, S, D), {"bias": np.zeros((L, S), dtype=bool)}, TypeError, "bias must be a float array"),
+        ((2, L, D), (2, S, D), {"bias": np.zeros((S, L))}, ValueError, r"bias of shape \(5, 3\) does not broadcast"),
+        ((2, L, D), (2, S, D), {"bias": np.zeros((3, L, S))}, ValueError, r"bias of shape \(3, 3, 5\)"),
+        ((2, L, D), (2, S, D), {"bias": np.full((L, S), np.nan)}, ValueError, "bias contains NaN"),
+    ],
+)
+def test_bias_and_gqa_refuse_bad_input(rng, q_shape, k_shape, kwargs, error, match):
+    q = rng.standard_normal(q_shape)
+    k = rng.standard_normal(k_shape)
+    v = rng.standard_normal((*k_shape[:-1], DV))
+    with pytest.raises(error, match=match):
+        sdpa(q, k, v, **kwargs)

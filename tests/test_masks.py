@@ -258,3 +258,52 @@ ARRAY_FORMS = {
 def test_every_array_form_refuses_bad_sizes_and_libraries(name, n, like, error, match):
     with pytest.raises(error, match=match):
         getattr(masks, name)(n, **ARRAY_FORMS[name], like=like)
+
+
+# --------------------------------------------------------------------------- causal alignment when L != S (round 2)
+
+
+@pytest.mark.filterwarnings("ignore:Lower right causal bias will produce NaNs")  # torch's note for L > S
+@pytest.mark.parametrize(("L", "S"), [(3, 5), (5, 3), (1, 7), (4, 4), (6, 2)])
+def test_bottom_right_causal_matches_torch_causal_lower_right(L, S):
+    from torch.nn.attention.bias import causal_lower_right
+
+    expected = causal_lower_right(L, S)._materialize().numpy()  # (L, S) booleans: True = may attend
+    assert np.array_equal(masks.causal_mask(L, S, align="bottom_right"), expected)
+    assert np.array_equal(masks.materialize(masks.causal("bottom_right", L=L, S=S), L, S), expected)
+    from_definition_rect = np.array([[j <= i + (S - L) for j in range(S)] for i in range(L)])
+    assert np.array_equal(expected, from_definition_rect)
+
+
+@pytest.mark.parametrize(("L", "S"), [(3, 5), (5, 3), (4, 4)])
+def test_top_left_causal_matches_torch_is_causal_and_square_forms_agree(L, S):
+    from torch.nn.attention.bias import causal_upper_left
+
+    expected = causal_upper_left(L, S)._materialize().numpy()
+    assert np.array_equal(masks.causal_mask(L, S), expected)
+    assert np.array_equal(masks.causal_mask(L, S, align="top_left"), expected)
+    assert np.array_equal(masks.causal_mask(L), masks.causal_mask(L, L, align="bottom_right"))
+
+
+def test_bottom_right_is_the_last_rows_of_the_square_mask():
+    """t new queries after S - t cached keys: the last t rows of the (S, S) causal mask."""
+    S = 7
+    for t in range(1, S + 1):
+        assert np.array_equal(masks.causal_mask(t, S, align="bottom_right"), masks.causal_mask(S)[S - t :])
+        assert not np.array_equal(masks.causal_mask(t, S), masks.causal_mask(S)[S - t :]) or t == S
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: masks.causal("bottom_right"), ValueError, r"shifts the diagonal by S - L: pass"),
+        (lambda: masks.causal("bottom"), ValueError, "align must be 'top_left' or 'bottom_right'; got 'bottom'"),
+        (lambda: masks.causal_mask(3, 5, align="lower_right"), ValueError, "align must be 'top_left' or"),
+        (lambda: masks.causal_mask(3, 0), ValueError, "S must be >= 1; got 0"),
+        (lambda: masks.causal_mask(3, 5.0), TypeError, "S must be an integer"),
+        (lambda: masks.causal("bottom_right", L=0, S=3), ValueError, "L must be >= 1; got 0"),
+    ],
+)
+def test_causal_alignment_refuses_bad_input(call, error, match):
+    with pytest.raises(error, match=match):
+        call()

@@ -434,3 +434,84 @@ def test_call_refuses_bad_input(kwargs, error, match):
 def test_from_torch_refuses_unsupported_modules(make, error, match):
     with pytest.raises(error, match=match):
         MultiHeadAttention.from_torch(make())
+
+
+# --------------------------------------------------------------------------- shared key/value heads (round 2)
+
+GQA_HEADS = [(6, 6), (6, 3), (6, 2), (6, 1)]  # (num_heads, num_kv_heads): MHA, GQA, GQA, MQA
+
+
+def gqa_reference(mha, query, mask=None, is_causal=False):
+    """torch float64: project, split into h query and h_kv key/value heads, F.sdpa(enable_gqa=True), merge."""
+    as64 = lambda a: None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float64))
+    x = as64(query)
+    project = lambda name: x @ as64(getattr(mha, f"W_{name}")) + as64(getattr(mha, f"b_{name}"))
+
+    def heads(y, count):  # (..., L, count * hd) -> (..., count, L, hd)
+        return y.reshape(*y.shape[:-1], count, -1).transpose(-3, -2)
+
+    q, k, v = (
+        heads(project("q"), mha.num_heads),
+        heads(project("k"), mha.num_kv_heads),
+        heads(project("v"), mha.num_kv_heads),
+    )
+    attn_mask = None if mask is None else torch.from_numpy(mask)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                                           enable_gqa=True)  # fmt: skip
+    merged = out.transpose(-3, -2).reshape(*query.shape[:-1], -1)
+    return (merged @ as64(mha.W_o) + as64(mha.b_o)).numpy()
+
+
+@pytest.mark.parametrize(("num_heads", "num_kv_heads"), GQA_HEADS)
+@pytest.mark.parametrize("batch", [(), (2,)])
+def test_grouped_query_attention_matches_torch(rng, num_heads, num_kv_heads, batch):
+    mha = MultiHeadAttention(24, num_heads, num_kv_heads=num_kv_heads, seed=3)
+    mha.b_q, mha.b_k, mha.b_v, mha.b_o = (rng.standard_normal(b.shape).astype(np.float32) for b in
+                                          (mha.b_q, mha.b_k, mha.b_v, mha.b_o))  # fmt: skip
+    head_dim = 24 // num_heads
+    assert mha.W_q.shape == (24, 24) and mha.W_o.shape == (24, 24)
+    assert mha.W_k.shape == mha.W_v.shape == (24, num_kv_heads * head_dim)
+    x = random_array(rng, (*batch, 7, 24))
+    assert_close(mha(x), gqa_reference(mha, x), np.float32)
+    assert_close(mha(x, is_causal=True), gqa_reference(mha, x, is_causal=True), np.float32)
+    mask = random_mask(rng, (7, 7))
+    assert_close(mha(x, mask=mask), gqa_reference(mha, x, mask=mask), np.float32)
+
+
+def test_query_heads_read_their_groups_key_value_head(rng):
+    """Repeating each key/value head g times (head h reads h // g) gives the same layer as an MHA."""
+    gqa = MultiHeadAttention(24, 6, num_kv_heads=2, seed=5)
+    mha = MultiHeadAttention(24, 6, seed=0)
+    mha.W_q, mha.W_o, mha.b_q, mha.b_o = gqa.W_q, gqa.W_o, gqa.b_q, gqa.b_o
+    head_dim = 4
+    for name in ("k", "v"):
+        weight = getattr(gqa, f"W_{name}").reshape(24, 2, head_dim)  # (d_model, h_kv, hd)
+        setattr(mha, f"W_{name}", np.repeat(weight, 3, axis=1).reshape(24, 24))  # kv heads 0,0,0,1,1,1
+        setattr(mha, f"b_{name}", np.repeat(getattr(gqa, f"b_{name}").reshape(2, head_dim), 3, axis=0).ravel())
+    x = random_array(rng, (2, 7, 24))
+    assert_close(gqa(x, is_causal=True), mha(x, is_causal=True), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("num_heads", "num_kv_heads", "error", "match"),
+    [
+        (6, 4, ValueError, "num_kv_heads must divide num_heads.*num_heads=6, num_kv_heads=4"),
+        (6, 0, ValueError, "num_kv_heads must be >= 1; got 0"),
+        (6, 2.0, TypeError, "num_kv_heads must be an integer"),
+    ],
+)
+def test_num_kv_heads_refuses_bad_values(num_heads, num_kv_heads, error, match):
+    with pytest.raises(error, match=match):
+        MultiHeadAttention(24, num_heads, num_kv_heads=num_kv_heads)
+
+
+def test_default_num_kv_heads_keeps_the_weights_of_plain_mha():
+    """num_kv_heads = num_heads draws the weights plain MHA always drew: q, k, v Xavier (4 d_model), then o."""
+    rng = np.random.default_rng(7)
+    bound = math.sqrt(6.0 / (4 * 12))
+    expected = {name: rng.uniform(-bound, bound, (12, 12)) for name in "qkv"}
+    expected["o"] = rng.uniform(-1 / math.sqrt(12), 1 / math.sqrt(12), (12, 12))
+    for layer in (MultiHeadAttention(12, 3, seed=7), MultiHeadAttention(12, 3, num_kv_heads=3, seed=7)):
+        for name, weight in expected.items():
+            assert np.array_equal(getattr(layer, f"W_{name}"), weight.astype(np.float32))
+        assert layer.num_kv_heads == 3 and not layer.grouped
