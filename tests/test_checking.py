@@ -190,8 +190,10 @@ def padding_without_axes(lengths, n):
     return np.arange(n)[None, :] < lengths[:, None]
 
 
-def masked_after_softmax(q, k, v, mask):
-    return mask_after_softmax(q, k, v, mask)
+def left_padding_written_as_right_padding(lengths, n):
+    causal = np.tril(np.ones((n, n), dtype=bool))
+    real = np.arange(n) < np.asarray(lengths).reshape(-1, 1)  # the rule for padding on the right
+    return causal.reshape(1, 1, n, n) & real.reshape(-1, 1, 1, n)
 
 
 def merge_by_reshape(x):
@@ -222,18 +224,27 @@ def layer_norm_over_positions(x, gamma, beta, eps):
     return gamma * centred / np.sqrt(x.var(axis=-2, keepdims=True) + eps) + beta
 
 
+def causal_linear_shifted_prefix(q, k, v):  # exercise 14: the prefix sums stop one row early, row 0 is 0 / 0
+    phi_q, phi_k = (np.where(x > 0, x + 1, np.exp(np.minimum(x, 0))) for x in (q, k))
+    outer = phi_k[..., :, :, None] * v[..., :, None, :]
+    S, z = np.cumsum(outer, axis=-3) - outer, np.cumsum(phi_k, axis=-2) - phi_k
+    with np.errstate(invalid="ignore"):
+        return np.einsum("...ld,...lde->...le", phi_q, S) / (phi_q * z).sum(axis=-1, keepdims=True)
+
+
 @pytest.mark.parametrize(
     ("name", "answer", "words"),
     [
         ("cosine_similarity", cosine_keys_not_normalised, "Divide the keys by their lengths too"),
         ("causal_mask", causal_of_floats, "A mask holds booleans"),
         ("padding_mask", padding_without_axes, "Return shape (B, 1, 1, n)"),
-        ("masked_attention", masked_after_softmax, "before the softmax"),
+        ("left_padded_causal_mask", left_padding_written_as_right_padding, "the padding comes FIRST"),
         ("merge_heads", merge_by_reshape, "merged in the wrong order"),
         ("sinusoidal_encoding", sines_then_cosines, "Interleave sines and cosines"),
         ("apply_rope", rope_rotate_half, "'rotate half'"),
         ("layer_norm", layer_norm_unbiased, "biased variance"),
         ("layer_norm", layer_norm_over_positions, "over its own features"),
+        ("causal_linear_attention", causal_linear_shifted_prefix, "shifted down one row"),
     ],
     ids=lambda value: value.__name__ if callable(value) else None,
 )

@@ -166,24 +166,22 @@ def scaled_dot_product_attention(q, k, v, mask=None):
             "scaled_dot_product_attention: query_fully_masked": "0 / 0 = NaN",
         },
     ),
-    "wrong_06": (  # booleans and integers through the files: a float mask, a mask of the wrong shape, NaN rows
+    "wrong_06": (  # booleans and integers through the files: a float mask, a mask of the wrong shape, left padding
         MASTER_06,
         {
             "causal_mask": "def causal_mask(n):\n    return np.tril(np.ones((n, n)))\n",
             "padding_mask": "def padding_mask(lengths, n):\n    return np.arange(n)[None, :] < lengths[:, None]\n",
-            "masked_attention": """
-def masked_attention(q, k, v, mask):
-    s = np.where(mask, q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1]), -np.inf)
-    e = np.exp(s - s.max(axis=-1, keepdims=True))
-    w = e / e.sum(axis=-1, keepdims=True)
-    return w @ v, w
+            "left_padded_causal_mask": """
+def left_padded_causal_mask(lengths, n):
+    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    return (j <= i)[None, None] & (j < lengths[:, None])[:, None, None, :]
 """,
         },
-        2,
+        0,
         {
             "causal_mask: six_tokens": "A mask holds booleans",
             "padding_mask: lesson_batch": "Return shape (B, 1, 1, n)",
-            "masked_attention: left_padding_and_causal": "-inf - (-inf) is NaN",
+            "left_padded_causal_mask: two_prompts": "the padding comes FIRST",
         },
     ),
     "wrong_07": (
@@ -351,6 +349,406 @@ def attention_scores(q, k):
         },
     ),
 }
+
+# --------------------------------------------------------------------------- exercises 01-08: tasks beyond the lesson
+
+# Each of these tasks (predict then verify, an experiment with an answer, an extension) gets a classic wrong answer
+# that fails every case, so it loses all of the task's points and must show its own hint. For the masters that had no
+# wrong submission yet, one submission answers the other tasks with the master's own answers. The submissions above
+# answer these tasks with the same wrong answers, so that their scores and statuses stay as they state.
+MASTER_01 = "01_dot_products_as_similarity.ipynb"
+MASTER_04 = "04_self_attention_vs_traditional_attention.ipynb"
+MASTER_05 = "05_the_self_attention_layer.ipynb"
+MASTER_08 = "08_positional_information.ipynb"
+
+BEYOND_THE_LESSON = {  # master: ({grade_id: classic wrong answer}, {test: words of its hint})
+    MASTER_01: (
+        {"dot_product_spread": "def dot_product_spread(d, sigma):\n    return np.asarray(sigma**2 * d, dtype=float)\n"},
+        {"dot_product_spread: long_vectors": "VARIANCES add up"},
+    ),
+    MASTER_02: (
+        {
+            "entropy_limits": """
+def entropy_limits(x):
+    return np.zeros(x.shape[:-1]), np.full(x.shape[:-1], np.log(x.shape[-1]))
+"""
+        },
+        {"entropy_limits: ties": "its entropy is log(m), not 0"},
+    ),
+    MASTER_03: (
+        {
+            "attention_shapes": """
+def attention_shapes(q_shape, k_shape, v_shape):
+    batch = np.broadcast_shapes(tuple(q_shape[:-2]), tuple(k_shape[:-2]), tuple(v_shape[:-2]))
+    return np.array([*batch, q_shape[-2], k_shape[-2]]), np.array([*batch, q_shape[-2], q_shape[-1]])
+"""
+        },
+        {"attention_shapes: broadcast_batch": "weighted sum of VALUE rows"},
+    ),
+    MASTER_04: (
+        {
+            "shuffled_cross_attention": """
+def shuffled_cross_attention(output, weights, query_order, memory_order):
+    back_q, back_m = np.argsort(query_order), np.argsort(memory_order)
+    return output[..., back_q, :], weights[..., back_q, :][..., back_m]
+"""
+        },
+        {"shuffled_cross_attention: one_sentence": "not with its inverse"},
+    ),
+    MASTER_05: (
+        {
+            "sharpening_factor": """
+def sharpening_factor(x, W_q, W_k, target):
+    def top(c):  # W_q and W_k both scaled by c
+        s = (x @ (c * W_q)) @ np.swapaxes(x @ (c * W_k), -1, -2) / math.sqrt(W_q.shape[1])
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        return (1 / e.sum(axis=-1)).mean()
+
+    low, high = 0.0, 1.0
+    while top(high) < target:
+        low, high = high, 2 * high
+    for _ in range(100):
+        middle = (low + high) / 2
+        low, high = (middle, high) if top(middle) < target else (low, middle)
+    return np.asarray(high, dtype=np.float64)
+"""
+        },
+        {"sharpening_factor: batched_half": "Scale W_q only"},
+    ),
+    MASTER_06: ({"left_padded_causal_mask": WRONG["wrong_06"][1]["left_padded_causal_mask"]}, {}),
+    MASTER_07: (
+        {
+            "intermediate_shapes": """
+def intermediate_shapes(B, L, d_model, num_heads):
+    per_head = np.array([B, L, num_heads, d_model // num_heads])
+    return per_head, np.array([B, num_heads, L, L]), np.asarray(B * num_heads * L * L)
+"""
+        },
+        {"intermediate_shapes: wide_heads": "BEFORE the positions"},
+    ),
+    MASTER_08: (
+        {
+            "apply_rope_half_split": """
+def apply_rope_half_split(x, positions):
+    d = x.shape[-1]
+    angles = positions[:, None] * 10000.0 ** (-np.arange(0, d, 2) / d)
+    out = np.empty_like(x)
+    out[..., 0::2] = x[..., 0::2] * np.cos(angles) - x[..., 1::2] * np.sin(angles)
+    out[..., 1::2] = x[..., 0::2] * np.sin(angles) + x[..., 1::2] * np.cos(angles)
+    return out
+"""
+        },
+        {"apply_rope_half_split: in_order": "holds the first feature of every pair"},
+    ),
+}
+
+
+def master_answers(master: str) -> dict:
+    """The master's own answer cells, without the solution markers, by grade_id."""
+    answers = {}
+    for cell in assign.read_master(assign.SOLUTIONS_DIR / master).cells:
+        if cell.kind == "solution":
+            lines = [line for line in cell.source.splitlines() if line.strip() not in (assign.BEGIN, assign.END)]
+            answers[cell.grade_id] = "\n".join(lines) + "\n"
+    return answers
+
+
+def points_of(master: str, grade_ids) -> float:
+    """The points of the tests of ``master`` that check the functions answered by the cells ``grade_ids``."""
+    tests = [cell for cell in assign.read_master(assign.SOLUTIONS_DIR / master).cells if cell.kind == "test"]
+    return sum(cell.points for cell in tests if cell.exercise in grade_ids)
+
+
+def total_points(master: str) -> float:
+    return sum(cell.points for cell in assign.read_master(assign.SOLUTIONS_DIR / master).cells if cell.kind == "test")
+
+
+for _name, (_master, _answers, *_) in {**WRONG, **ADVERSARIAL}.items():  # the older submissions: see above
+    for _grade_id, _wrong in BEYOND_THE_LESSON.get(_master, ({}, {}))[0].items():
+        _answers.setdefault(_grade_id, _wrong)
+
+WRONG.update(
+    {
+        f"wrong_beyond_{master[:2]}": (
+            master,
+            {**master_answers(master), **wrong},
+            total_points(master) - points_of(master, wrong),
+            must_fail,
+        )
+        for master, (wrong, must_fail) in BEYOND_THE_LESSON.items()
+        if must_fail
+    }
+)
+
+GOOD["attention_shapes"] = master_answers(MASTER_03)["attention_shapes"]
+
+# --------------------------------------------------------------------------- exercises 09-17: tasks beyond the lesson
+
+WRONG_UNDERSTANDING = {
+    # one classic wrong answer per new task; the lesson's own tasks keep the master's answers
+    "wrong_09_heads": (
+        "09_the_transformer_block.ipynb",
+        {
+            "block_parameter_count": """
+def block_parameter_count(d_model, num_heads, mlp_ratio):
+    d, hidden = d_model, mlp_ratio * d_model
+    attention = num_heads * 4 * d * d + 4 * d
+    return np.asarray(float(4 * d + attention + 2 * d * hidden + hidden + d), dtype=np.float64)
+""",
+        },
+        11,
+        {"block_parameter_count: gpt2_small": "Splitting into heads does not add weights"},
+    ),
+    "wrong_10_rounded": (
+        "10_the_cost_of_attention.ipynb",
+        {
+            "longest_sequence": """
+def longest_sequence(memory_bytes, B, H, itemsize):
+    return np.asarray(float(round(math.sqrt(memory_bytes / (B * H * itemsize)))), dtype=np.float64)
+""",
+        },
+        10,
+        {"longest_sequence: one_gigabyte": "rounded down (math.isqrt)"},
+    ),
+    "wrong_11_products": (
+        "11_sparse_attention_patterns.ipynb",
+        {
+            "layers_to_connect": """
+def layers_to_connect(mask):
+    n = len(mask)
+    wanted = np.tril(np.ones((n, n), dtype=bool))
+    reach, products = mask.astype(bool), 0
+    while products < n:
+        if reach[wanted].all():
+            return np.asarray(float(products), dtype=np.float64)
+        reach = (reach.astype(np.int64) @ mask.astype(np.int64)) > 0
+        products += 1
+    return np.asarray(-1.0, dtype=np.float64)
+""",
+        },
+        14,
+        {"layers_to_connect: causal_window": "Count layers"},
+    ),
+    "wrong_12_edges": (
+        "12_making_sparsity_pay.ipynb",
+        {
+            "window_tiles": """
+def window_tiles(N, window, block):
+    tiles, reach = -(-N // block), -(-window // block)
+    return np.asarray(float(tiles * (2 * reach + 1)), dtype=np.float64)
+""",
+        },
+        10,
+        {"window_tiles: small": "cut off at the edges"},
+    ),
+    "wrong_13_diagonal": (
+        "13_memory_efficient_exact_attention.ipynb",
+        {
+            "causal_tiled_attention": """
+def causal_tiled_attention(q, k, v, block):
+    N, d = q.shape[-2:]
+    s = q @ np.swapaxes(k, -1, -2) / math.sqrt(d)
+    tile = np.arange(N) // block
+    s = np.where(tile[None, :] <= tile[:, None], s, -np.inf)  # whole diagonal tiles kept
+    m = s.max(axis=-1, keepdims=True)
+    p = np.exp(s - m)
+    l = p.sum(axis=-1, keepdims=True)
+    return (p / l) @ v, (m + np.log(l))[..., 0]
+""",
+            "causal_tiles": """
+def causal_tiles(N, block):
+    tiles = -(-N // block)
+    return np.asarray(float(tiles * (tiles - 1) // 2), dtype=np.float64)
+""",
+        },
+        10,
+        {
+            "causal_tiled_attention: partial_last_tile": "a tile ON the diagonal holds pairs with j > i",
+            "causal_tiles: small": "T (T + 1) / 2, not",
+        },
+    ),
+    "wrong_14_tie": (
+        "14_linear_attention.ipynb",
+        {
+            "causal_linear_attention": """
+def causal_linear_attention(q, k, v):
+    phi_q = np.where(q > 0, q + 1, np.exp(np.minimum(q, 0)))
+    phi_k = np.where(k > 0, k + 1, np.exp(np.minimum(k, 0)))
+    outer = phi_k[..., :, :, None] * v[..., :, None, :]
+    S = np.cumsum(outer, axis=-3) - outer  # shifted: row i without its own key
+    z = np.cumsum(phi_k, axis=-2) - phi_k
+    numerator = np.einsum("...ld,...lde->...le", phi_q, S)
+    return (numerator / (phi_q * z).sum(axis=-1, keepdims=True)).astype(q.dtype)
+""",
+            "reorder_crossover": """
+def reorder_crossover(d, dv):
+    L = 1
+    while 2 * L * d * dv > L * L * (d + dv):
+        L += 1
+    return np.asarray(float(L), dtype=np.float64)
+""",
+        },
+        10,
+        {
+            "causal_linear_attention: sequence": "shifted down one row",
+            "reorder_crossover: equal_sizes": "at a tie both orders cost the same",
+        },
+    ),
+    "wrong_15_counts": (
+        "15_attention_on_the_gpu.ipynb",
+        {
+            "causal_fused_bytes": """
+def causal_fused_bytes(B, H, N, d, itemsize, tile):
+    return np.asarray(float(B * H * (2 * N * d + 2 * N * d * -(-N // tile)) * itemsize), dtype=np.float64)
+""",
+            "blocks_per_sm": """
+def blocks_per_sm(threads_per_block, registers_per_thread, shared_bytes_per_block):
+    limits = [32, 2048 // threads_per_block, 65536 // registers_per_thread]
+    if shared_bytes_per_block:
+        limits.append(233472 // shared_bytes_per_block)
+    return np.asarray(float(min(limits)), dtype=np.float64)
+""",
+            "c_fragment_owner": """
+def c_fragment_owner(rows, cols):
+    return 4 * rows + cols // 2, 2 * (rows // 8) + cols % 2
+""",
+        },
+        4,
+        {
+            "causal_fused_bytes: small": "never visits the key tiles above the diagonal",
+            "blocks_per_sm: registers_limit": "Registers are given per THREAD",
+            "c_fragment_owner: whole_tile": "g = row % 8",
+        },
+    ),
+    "wrong_16_transposed": (
+        "16_application_translation.ipynb",
+        {
+            "attention_weight_shapes": """
+def attention_weight_shapes(B, T, S, num_heads):
+    return np.array([[B, num_heads, S, S], [B, num_heads, T, T], [B, num_heads, S, T]], dtype=np.int64)
+""",
+        },
+        13,
+        {"attention_weight_shapes: short_source": "the QUERIES are the decoder's T positions"},
+    ),
+    "wrong_17_sums": (
+        "17_application_summarization.ipynb",
+        {
+            "attention_shares": """
+def attention_shares(weights, labels, num_parts):
+    return np.stack([weights[..., labels == p].sum(axis=-1) for p in range(num_parts)], axis=-1).sum(axis=0)
+""",
+            "even_spread_shares": """
+def even_spread_shares(labels, num_parts):
+    return np.bincount(labels[labels >= 0], minlength=num_parts) / labels.size
+""",
+        },
+        1,
+        {
+            "attention_shares: four_heads": "Average over the heads",
+            "even_spread_shares: padded": "spread evenly over the REAL positions",
+        },
+    ),
+    "wrong_18_sums": (
+        "18_training_attention_the_backward_pass.ipynb",
+        {
+            "softmax_backward": """
+def softmax_backward(p, dp):
+    return p * dp
+""",
+            "attention_backward": """
+def attention_backward(q, k, v, grad_out):
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    s = q @ np.swapaxes(k, -1, -2) * scale
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p = p / p.sum(axis=-1, keepdims=True)
+    dp = grad_out @ np.swapaxes(v, -1, -2)
+    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+    dq, dk, dv = ds @ k * scale, np.swapaxes(ds, -1, -2) @ q * scale, np.swapaxes(p, -1, -2) @ grad_out
+    if k.ndim > 2 and k.shape[-3] == 1 and q.shape[-3] > 1:  # shared by the heads: averaged, not summed
+        dk, dv = dk.mean(axis=-3, keepdims=True), dv.mean(axis=-3, keepdims=True)
+    return dq.astype(q.dtype), dk.astype(q.dtype), dv.astype(q.dtype)
+""",
+            "tiled_backward_step": """
+def tiled_backward_step(q_rows, k_cols, v_cols, grad_out_rows, lse_rows, row_dot_rows):
+    scale = 1.0 / math.sqrt(q_rows.shape[-1])
+    p = np.exp(q_rows @ np.swapaxes(k_cols, -1, -2) * scale - lse_rows[..., None])
+    dp = grad_out_rows @ np.swapaxes(v_cols, -1, -2)
+    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))  # the rowsum of this tile only
+    dq = ds @ k_cols * scale
+    dk = np.swapaxes(ds, -1, -2) @ q_rows * scale
+    dv = np.swapaxes(p, -1, -2) @ grad_out_rows
+    return dq.astype(q_rows.dtype), dk.astype(q_rows.dtype), dv.astype(q_rows.dtype)
+""",
+            "saved_for_backward": """
+def saved_for_backward(N, d, num_heads, itemsize):
+    kept = 4 * N * d * itemsize
+    return np.array([num_heads * (kept + N * N * itemsize), num_heads * (kept + N * itemsize)], dtype=np.float64)
+""",
+        },
+        6,
+        {
+            "softmax_backward: rows": "subtract each row's sum(dp * p)",
+            "attention_backward: shared_keys_values": "SUM the heads' gradients",
+            "tiled_backward_step: middle_tile": "use the given row_dot_rows",
+            "saved_for_backward: float16": "kept in float32",
+        },
+    ),
+    "wrong_19_inference": (
+        "19_attention_at_inference.ipynb",
+        {
+            "decode_step": """
+def decode_step(q_new, k_new, v_new, k_cache, v_cache):
+    keys = np.concatenate([k_cache, k_new], axis=-2)
+    values = np.concatenate([v_cache, v_new], axis=-2)
+    return scaled_dot_product_attention(q_new, keys, values, is_causal=True), keys, values
+""",
+            "grouped_query_attention": """
+def grouped_query_attention(q, k, v):
+    g = q.shape[-3] // k.shape[-3]
+    return scaled_dot_product_attention(q, np.tile(k, (g, 1, 1)), np.tile(v, (g, 1, 1)))
+""",
+            "alibi_slopes": """
+def alibi_slopes(num_heads):
+    return 2.0 ** (-8.0 * np.arange(1, num_heads + 1) / num_heads)
+""",
+            "rolling_buffer_slots": """
+def rolling_buffer_slots(length, window, sinks):
+    held = np.full(sinks + window, -1, dtype=np.int64)
+    for p in range(length):
+        held[p % (sinks + window)] = p
+    return held
+""",
+            "window_visibility": """
+def window_visibility(query_positions, key_positions, window, sinks):
+    p, j = query_positions[:, None], key_positions[None, :]
+    return (j <= p) & ((p - j <= window) | (j < sinks))
+""",
+            "cache_bytes": """
+def cache_bytes(layers, kv_heads, head_dim, positions, itemsize, batch):
+    return layers * kv_heads * head_dim * positions * itemsize * batch
+""",
+        },
+        11,  # GQA's multi-query case, the slopes of 8 and 1 heads, ALiBi's bias (power-of-two heads), 2 + 2 cases
+        {
+            "decode_step: one_token": "aligns the diagonal at the top left",
+            "grouped_query_attention: groups_of_3": "Repeat each key/value head in place",
+            "alibi_slopes: six": "is the rule only when n is a power of two",
+            "rolling_buffer_slots: wrapped": "The sink slots are never reused",
+            "window_visibility: in_order": "INCLUDES the query's own",
+            "cache_bytes: predicted_model": "a key AND a value",
+        },
+    ),
+}
+WRONG["wrong_16"][1].setdefault(  # an older submission: the new task answered wrong, so its score stays as it states
+    "attention_weight_shapes", WRONG_UNDERSTANDING["wrong_16_transposed"][1]["attention_weight_shapes"]
+)
+WRONG.update(  # the master's own answers (master_answers above) for every other answer cell
+    {
+        name: (master, {**master_answers(master), **answers}, *rest)
+        for name, (master, answers, *rest) in WRONG_UNDERSTANDING.items()
+    }
+)
 
 GARBAGE = {
     "empty.ipynb": b"",
@@ -601,7 +999,7 @@ def test_gradebook_has_a_row_per_submission_with_hashes_and_version(batch):
     rows = {Path(row["submission"]).name: row for row in batch["rows"]}
     assert len(batch["rows"]) == len(batch["document"]["submissions"])
     row = rows["wrong_02a.ipynb"]
-    assert row["score"] == "3" and row["max_score"] == "12" and row["softmax: large_scores"] == "0"
+    assert row["score"] == "3" and row["max_score"] == "15" and row["softmax: large_scores"] == "0"
     assert row["grader_version"] == GRADER_VERSION and len(row["sha256"]) == 64 and len(row["master_sha256"]) == 64
     assert rows["empty.ipynb"]["status"] == "invalid" and "empty" in rows["empty.ipynb"]["notes"]
     assert rows["adv_tamper.ipynb"]["tampering"]
@@ -617,9 +1015,9 @@ def test_single_submission_report_is_gradescope_shaped(tmp_path, capsys):
     assert main([str(target), "--out", str(out), "--no-progress"]) == 0
     report = json.loads(out.read_text())
     assert set(report) == {"score", "max_score", "output", "tests", "execution_time", "extra_data"}
-    assert report["score"] == report["max_score"] == 9
+    assert report["score"] == report["max_score"] == 13
     assert report["execution_time"] < 60
-    assert f"{'9':>6} / 9" in capsys.readouterr().out
+    assert f"{'13':>6} / 13" in capsys.readouterr().out
 
 
 def test_nothing_to_grade_is_a_usage_error(tmp_path, capsys):

@@ -133,6 +133,9 @@ class Exercise:
     invariants: tuple[Invariant, ...] = ()
     mistakes: tuple[Mistake, ...] = ()
     hints: Mapping[str, str] = field(default_factory=dict)
+    # {"rtol": ..., "atol": ...} for every comparison of this exercise, instead of the dtype's: an experiment whose
+    # answer is found by a search (a bisection) is right within the precision the task asks for
+    tolerance: Mapping[str, float] | None = None
 
     def __post_init__(self):
         names = [case.name for case in self.cases]
@@ -334,7 +337,7 @@ def _tolerance(dtype) -> dict:
         return {"rtol": 0.0, "atol": 0.0}  # integers and booleans: exact
 
 
-def _matches(got: tuple, wrong: tuple) -> bool:
+def _matches(got: tuple, wrong: tuple, tolerance: Mapping[str, float] | None = None) -> bool:
     """Whether the returned arrays agree with a mistake's (same shapes, close values, NaN where it has NaN)."""
     if len(got) != len(wrong):
         return False
@@ -344,7 +347,7 @@ def _matches(got: tuple, wrong: tuple) -> bool:
             return False
         if actual.dtype.kind not in "fbiu" or other.dtype.kind not in "fbiu":  # integer ids compare exactly too
             return False
-        tol = _tolerance(actual.dtype)
+        tol = dict(tolerance) if tolerance is not None else _tolerance(actual.dtype)
         with np.errstate(all="ignore"):
             same = np.isclose(
                 actual.astype(np.float64), other.astype(np.float64), equal_nan=True, rtol=tol["rtol"], atol=tol["atol"]
@@ -360,7 +363,7 @@ def _mistake_hint(exercise: Exercise, args: tuple, got: tuple) -> str | None:
             wrong = _outputs_tuple(exercise, _quietly(mistake.compute, *args))
         except Exception:  # the mistake does not even run on these inputs: it cannot be the one
             continue
-        if _matches(got, wrong):
+        if _matches(got, wrong, exercise.tolerance):
             return mistake.hint
     return None
 
@@ -397,14 +400,16 @@ def _first(where: np.ndarray, expected: np.ndarray, actual: np.ndarray, words: s
     return f"{words} {format_index(first)}: expected {wanted}, got {came}"
 
 
-def _array_problem(actual, expected: np.ndarray, template: np.ndarray) -> tuple[str, str, str, str] | None:
+def _array_problem(
+    actual, expected: np.ndarray, template: np.ndarray, tolerance: Mapping[str, float] | None = None
+) -> tuple[str, str, str, str] | None:
     """``(problem, expected, got, detail)`` for the first check one returned array fails, or None."""
     what = _expectation(template)
     if not isinstance(actual, np.ndarray):
         return "type", what, describe(actual), ""
     if actual.shape != template.shape:
         return "shape", what, describe(actual), ""
-    tol = _tolerance(template.dtype)
+    tol = dict(tolerance) if tolerance is not None else _tolerance(template.dtype)
     if actual.dtype != template.dtype:
         right = actual.dtype.kind in "fb" and bool(np.all(_close(actual, expected, tol)))
         detail = "The values themselves are right: only the dtype is wrong." if right else ""
@@ -449,7 +454,7 @@ def judge(exercise: Exercise, case: Case, result, args: tuple | None = None) -> 
     got = _outputs_tuple(exercise, result)
 
     for index, (actual, expected, template) in enumerate(zip(got, values, templates, strict=True)):
-        found = _array_problem(actual, expected, template)
+        found = _array_problem(actual, expected, template, exercise.tolerance)
         if found is None:
             continue
         problem, want, came, detail = found
@@ -463,7 +468,7 @@ def judge(exercise: Exercise, case: Case, result, args: tuple | None = None) -> 
         return _fail(exercise, case, problem, label + want, label + came, detail, hint)
 
     as64 = tuple(np.asarray(a, dtype=np.float64) for a in got)
-    tol = _tolerance(templates[0].dtype)
+    tol = dict(exercise.tolerance) if exercise.tolerance is not None else _tolerance(templates[0].dtype)
     for invariant in exercise.invariants:
         message = invariant.violation(as64, args, tol)
         if message:

@@ -36,7 +36,11 @@ LESSON_MODULES = (
     "block_sparse",
     "tiling",
     "linear",
+    "gpu_kernels",
     "translation",
+    "summarization",
+    "backward",
+    "inference",
 )
 
 

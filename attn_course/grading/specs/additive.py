@@ -9,7 +9,14 @@
   ``(..., L, dv)`` and ``(..., L, S)``;
 * ``cross_attention(x, memory, W_q, W_k, W_v)``: scaled dot-product attention
   with queries projected from ``x (..., L, d_model)`` and keys and values from
-  another sequence ``memory (..., S, d_model)``; ``L != S``.
+  another sequence ``memory (..., S, d_model)``; ``L != S``;
+* ``shuffled_cross_attention(output, weights, query_order, memory_order)``
+  (predict, then verify): given what cross-attention returned for ``x`` and
+  ``memory``, what it returns for ``x[..., query_order, :]`` and
+  ``memory[..., memory_order, :]``, without running it again: the output rows
+  follow the queries (``output[..., query_order, :]``) and do not care about
+  the order of the memory; the weights follow both, rows by ``query_order``
+  and columns by ``memory_order``.
 
 References: ``attn_course.additive_attention`` and
 ``attn_course.scaled_dot_product_attention`` (the scores of the first exercise
@@ -335,4 +342,87 @@ CROSS = Exercise(
     },
 )
 
-EXERCISES = (SCORES, ADDITIVE, CROSS)
+# --------------------------------------------------------------------------- what shuffling does to cross-attention
+
+
+def _shuffled(output, weights, query_order, memory_order, *, inverse=False, columns=True, rows=True):
+    """What cross-attention returns for shuffled inputs (or a classic wrong prediction of it)."""
+    if inverse:
+        query_order, memory_order = np.argsort(query_order), np.argsort(memory_order)
+    new_weights = weights[..., query_order, :] if rows else weights  # (..., L, S): rows follow the queries
+    if columns:
+        new_weights = new_weights[..., memory_order]  # columns follow the keys
+    return output[..., query_order, :], new_weights  # the output rows follow the queries only
+
+
+def _shuffle_args(L, S, d_model, d_k, dv, query_order, memory_order, batch=(), dtype=np.float32):
+    """A real cross-attention result (from the package) and the two orders."""
+    make_inputs = _cross_args(L, S, d_model, d_k, dv, batch, dtype)
+
+    def make(rng):
+        output, weights = _cross(*make_inputs(rng))
+        orders = (np.asarray(query_order, dtype=np.int64), np.asarray(memory_order, dtype=np.int64))
+        return (np.asarray(output), np.asarray(weights), *orders)
+
+    return make
+
+
+SHUFFLED = Exercise(
+    name="shuffled_cross_attention",
+    function="shuffled_cross_attention",
+    params=("output", "weights", "query_order", "memory_order"),
+    lesson=LESSON,
+    reference=_shuffled,
+    outputs=("output", "weights"),
+    cases=(
+        Case(
+            "one_sentence",
+            "output: float32 (5, 3), weights: (5, 7), query_order [2, 0, 4, 1, 3], memory_order [3, 6, 0, 5, 1, 2, 4]",
+            _shuffle_args(5, 7, 8, 4, 3, [2, 0, 4, 1, 3], [3, 6, 0, 5, 1, 2, 4]),
+            seed=151,
+        ),
+        Case(
+            "batched",
+            "output: float32 (2, 4, 5), weights: (2, 4, 6), query_order [1, 3, 0, 2], memory_order [5, 2, 4, 0, 3, 1]",
+            _shuffle_args(4, 6, 7, 3, 5, [1, 3, 0, 2], [5, 2, 4, 0, 3, 1], batch=(2,)),
+            seed=152,
+            points=2.0,
+        ),
+        Case(
+            "memory_only_float64",
+            "output: float64 (6, 2), weights: (6, 3), query_order [0 .. 5] (unchanged), memory_order [1, 2, 0]",
+            _shuffle_args(6, 3, 5, 4, 2, list(range(6)), [1, 2, 0], dtype=np.float64),
+            seed=153,
+        ),
+    ),
+    invariants=(rows_sum_to_one(output=1),),
+    mistakes=(
+        Mistake(
+            "columns of the weights left in place",
+            "Column j of the weights belongs to key j. Shuffling the memory moves the keys, so the columns move "
+            "with them: weights[..., memory_order] after the rows. The output does not change: a weighted sum "
+            "does not care in which order its terms come.",
+            lambda output, weights, qo, mo: _shuffled(output, weights, qo, mo, columns=False),
+        ),
+        Mistake(
+            "rows of the weights left in place",
+            "Row i of the weights belongs to query i: when the queries are reordered, the rows (of the weights "
+            "and of the output) move with them.",
+            lambda output, weights, qo, mo: _shuffled(output, weights, qo, mo, rows=False),
+        ),
+        Mistake(
+            "inverse orders",
+            "x[query_order] puts old row query_order[i] at new position i, so new row i is old row query_order[i]: "
+            "index with the order itself (output[..., query_order, :]), not with its inverse np.argsort(order).",
+            lambda output, weights, qo, mo: _shuffled(output, weights, qo, mo, inverse=True),
+        ),
+    ),
+    hints={
+        "type": "Return both results as a tuple: return output, weights.",
+        "shape": "Shuffling changes no size: the output stays (..., L, dv) and the weights (..., L, S).",
+        "values": "Ask for one query i: which keys can it see, and does its weighted sum of values change when "
+        "the same (key, value) pairs come in another order? Then: where does row i go when the queries move?",
+    },
+)
+
+EXERCISES = (SCORES, ADDITIVE, CROSS, SHUFFLED)

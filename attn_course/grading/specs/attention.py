@@ -4,7 +4,12 @@
 * ``scaled_dot_product_attention(q, k, v, mask=None)``: returns
   ``(output, weights)``, ``(..., L, dv)`` and ``(..., L, S)``; the boolean mask
   (True = may attend) is applied to the scores before the softmax, and a query
-  that may attend to nothing gets zero weights and a zero output.
+  that may attend to nothing gets zero weights and a zero output;
+* ``attention_shapes(q_shape, k_shape, v_shape)`` (predict, then verify): the
+  shapes of the weights and of the output, given the shapes of the inputs as
+  integer arrays. The leading axes broadcast against each other, as in any
+  batched matrix product: ``(*batch, L, S)`` and ``(*batch, L, dv)`` with
+  ``batch = broadcast(q_shape[:-2], k_shape[:-2], v_shape[:-2])``.
 
 Inputs use ``L=3, S=5, d=4, dv=6`` (and other distinct sizes), so a swapped
 axis changes the shape and cannot pass. The reference is
@@ -50,7 +55,7 @@ SCORES = Exercise(
         Mistake(
             "no scaling",
             "Divide the dot products by sqrt(d), d = q.shape[-1]: without it their spread grows with d and the "
-            "softmax saturates (lesson 02, section 3).",
+            "softmax saturates: one key takes nearly all the weight and the gradients vanish.",
             _unscaled,
         ),
         Mistake(
@@ -204,4 +209,83 @@ ATTENTION = Exercise(
     },
 )
 
-EXERCISES = (SCORES, ATTENTION)
+# --------------------------------------------------------------------------- predicting the shapes
+
+
+def _shapes_by_running(q_shape, k_shape, v_shape):
+    """``(weights shape, output shape)`` as int64 arrays, read off the package's attention run on zeros."""
+    q, k, v = (np.zeros(tuple(int(n) for n in shape), dtype=np.float32) for shape in (q_shape, k_shape, v_shape))
+    output, weights = reference_attention(q, k, v, return_weights=True)
+    return np.asarray(weights.shape, dtype=np.int64), np.asarray(output.shape, dtype=np.int64)
+
+
+def _shapes_variant(batch_from="all", value_width="dv", keys_first=False):
+    """A wrong prediction with one classic mistake switched on."""
+
+    def predict(q_shape, k_shape, v_shape):
+        q_shape, k_shape, v_shape = (tuple(int(n) for n in shape) for shape in (q_shape, k_shape, v_shape))
+        batch = q_shape[:-2] if batch_from == "q" else np.broadcast_shapes(q_shape[:-2], k_shape[:-2], v_shape[:-2])
+        L, S = q_shape[-2], k_shape[-2]
+        width = v_shape[-1] if value_width == "dv" else q_shape[-1]
+        weights = (*batch, S, L) if keys_first else (*batch, L, S)
+        return np.asarray(weights, dtype=np.int64), np.asarray((*batch, L, width), dtype=np.int64)
+
+    return predict
+
+
+def _shape_args(q_shape, k_shape, v_shape):
+    return lambda rng: tuple(np.asarray(shape, dtype=np.int64) for shape in (q_shape, k_shape, v_shape))
+
+
+SHAPES = Exercise(
+    name="attention_shapes",
+    function="attention_shapes",
+    params=("q_shape", "k_shape", "v_shape"),
+    lesson=LESSON,
+    reference=_shapes_by_running,
+    outputs=("weights_shape", "output_shape"),
+    cases=(
+        Case("plain", "q (5, 4), k (7, 4), v (7, 6)", _shape_args((5, 4), (7, 4), (7, 6)), seed=141),
+        Case(
+            "batched",
+            "q (8, 3, 4), k (8, 9, 4), v (8, 9, 2): one batch axis",
+            _shape_args((8, 3, 4), (8, 9, 4), (8, 9, 2)),
+            seed=142,
+        ),
+        Case(
+            "broadcast_batch",
+            "q (2, 1, 5, 4), k (3, 7, 4), v (1, 7, 6): the leading axes broadcast",
+            _shape_args((2, 1, 5, 4), (3, 7, 4), (1, 7, 6)),
+            seed=143,
+            points=2.0,
+        ),
+    ),
+    mistakes=(
+        Mistake(
+            "batch taken from q only",
+            "The leading axes of q, k and v broadcast against each other, as in any batched matrix product: "
+            "(2, 1) with (3,) gives (2, 3). np.broadcast_shapes does it for you.",
+            _shapes_variant(batch_from="q"),
+        ),
+        Mistake(
+            "output as wide as the queries",
+            "The output is a weighted sum of VALUE rows: its last axis is dv = v_shape[-1], which need not equal "
+            "the width d of the queries and keys.",
+            _shapes_variant(value_width="d"),
+        ),
+        Mistake(
+            "keys before queries",
+            "The weights have one row per query and one column per key: (..., L, S), with L = q_shape[-2] and "
+            "S = k_shape[-2].",
+            _shapes_variant(keys_first=True),
+        ),
+    ),
+    hints={
+        "type": "Return both shapes as a tuple of integer arrays: return np.array(weights_shape), "
+        "np.array(output_shape).",
+        "dtype": "Return integer arrays: np.array of Python ints (or of a shape tuple) gives int64.",
+        "shape": "Each result holds one number per axis: as many numbers as the broadcast batch axes, plus two.",
+    },
+)
+
+EXERCISES = (SCORES, ATTENTION, SHAPES)

@@ -6,7 +6,13 @@
 * ``feed_forward(x, W1, b1, W2, b2)``: the block's MLP,
   ``gelu(x W1 + b1) W2 + b2``, with GELU in its tanh form;
 * ``pre_ln_feed_forward(x, gamma, beta, W1, b1, W2, b2)``: the second half of a
-  pre-LN block, ``x + feed_forward(layer_norm(x))`` with ``eps = 1e-5``.
+  pre-LN block, ``x + feed_forward(layer_norm(x))`` with ``eps = 1e-5``;
+* ``block_parameter_count(d_model, num_heads, mlp_ratio)`` (predict, then
+  verify): the trainable numbers of one pre-LN block,
+  ``2 * 2 d`` (two layer norms) ``+ 4 (d^2 + d)`` (W_q, W_k, W_v, W_o with
+  biases) ``+ 2 r d^2 + r d + d`` (the MLP of width ``r d``), which does not
+  depend on ``num_heads``. The notebook checks the formula against
+  ``attn_course.torch_modules.TransformerBlock``.
 
 The package computes these only inside its torch modules, so the references
 are the plain formulas, in float64 at check time (the tanh form of GELU is
@@ -312,4 +318,69 @@ RESIDUAL = Exercise(
     },
 )
 
-EXERCISES = (LAYER_NORM, FEED_FORWARD, RESIDUAL)
+# --------------------------------------------------------------------------- counting parameters (predict, then verify)
+
+
+def _count(d_model, num_heads, mlp_ratio, *, norms=True, biases=True, per_head=False, one_mlp_matrix=False):
+    """The parameters of a pre-LN block, with switches for the classic miscounts; a 0-d float64 array."""
+    d, hidden = d_model, mlp_ratio * d_model
+    attention = 4 * d * d * (num_heads if per_head else 1) + (4 * d if biases else 0)
+    mlp = (1 if one_mlp_matrix else 2) * d * hidden + ((hidden + d) if biases else 0)
+    layer_norms = 2 * 2 * d if norms else 0
+    return np.asarray(float(attention + mlp + layer_norms), dtype=np.float64)
+
+
+COUNT_HINTS = {
+    "type": "Return a 0-d NumPy float64 array, not a Python number: return np.asarray(count, dtype=np.float64).",
+    "shape": "Return a single number as a 0-d array: np.asarray(count, dtype=np.float64).",
+    "values": "Go through the block's pieces one by one and write each one's weights and biases: two layer norms "
+    "(a gain and a shift of d numbers each), four (d, d) projections with a bias of d each, and an MLP "
+    "d -> r d -> d with a bias after each linear map.",
+}
+
+PARAMETERS = Exercise(
+    name="block_parameter_count",
+    function="block_parameter_count",
+    params=("d_model", "num_heads", "mlp_ratio"),
+    lesson=LESSON,
+    reference=_count,
+    cases=(
+        Case("tiny_block", "d_model = 6, num_heads = 2, mlp_ratio = 4", lambda rng: (6, 2, 4), seed=1901),
+        Case("narrow_mlp", "d_model = 10, num_heads = 5, mlp_ratio = 2", lambda rng: (10, 5, 2), seed=1902),
+        Case(
+            "gpt2_small",
+            "d_model = 768, num_heads = 12, mlp_ratio = 4: one block of GPT-2 small",
+            lambda rng: (768, 12, 4),
+            seed=1903,
+            points=2.0,
+        ),
+    ),
+    mistakes=(
+        Mistake(
+            "projections counted per head",
+            "Splitting into heads does not add weights: W_q, W_k, W_v are each one (d, d) matrix whose columns are "
+            "cut into num_heads groups of d / num_heads. The count does not depend on num_heads.",
+            lambda d, h, r: _count(d, h, r, per_head=True),
+        ),
+        Mistake(
+            "biases forgotten",
+            "Each linear map has a bias as well as a weight matrix: d for each of W_q, W_k, W_v, W_o, r d and d for "
+            "the MLP's two maps.",
+            lambda d, h, r: _count(d, h, r, biases=False),
+        ),
+        Mistake(
+            "layer norms forgotten",
+            "A layer norm learns two vectors of d numbers, a gain gamma and a shift beta, and a pre-LN block has two "
+            "layer norms.",
+            lambda d, h, r: _count(d, h, r, norms=False),
+        ),
+        Mistake(
+            "one MLP matrix",
+            "The MLP has two weight matrices: (d, r d) up and (r d, d) back down.",
+            lambda d, h, r: _count(d, h, r, one_mlp_matrix=True),
+        ),
+    ),
+    hints=COUNT_HINTS,
+)
+
+EXERCISES = (LAYER_NORM, FEED_FORWARD, RESIDUAL, PARAMETERS)

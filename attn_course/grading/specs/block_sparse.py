@@ -5,10 +5,14 @@
   ``block x block`` tile holds at least one allowed pair (the last row and
   column of tiles may be partial);
 * ``block_sparse_attention(q, k, v, layout, block)``: attention computed only
-  on the tiles the layout marks, every pair of a marked tile allowed.
+  on the tiles the layout marks, every pair of a marked tile allowed;
+* ``window_tiles(N, window, block)`` (predict, then verify): how many
+  ``block x block`` tiles of an ``(N, N)`` problem a sliding window
+  ``|i - j| <= window`` marks, a 0-d float64 array.
 
 References: ``attn_course.masks.block_layout`` and
-``attn_course.block_sparse_attention`` without an element mask. Layouts are
+``attn_course.block_sparse_attention`` without an element mask; the tile count
+is the package's layout of ``masks.sliding_window(window)``, summed. Layouts are
 compared exactly.
 """
 
@@ -221,4 +225,67 @@ ATTENTION = Exercise(
     },
 )
 
-EXERCISES = (LAYOUT, ATTENTION)
+
+def _window_tiles(N, window, block):
+    return np.asarray(float(masks.block_layout(masks.sliding_window(window), block, N, N).sum()), dtype=np.float64)
+
+
+def _band_tiles(N, window, block, *, reach=None, clip=True, one_side=False):
+    """Tiles of a band of ``reach`` tile diagonals each side (default ceil(window / block)), as a 0-d float64 array."""
+    tiles = -(-N // block)
+    reach = -(-window // block) if reach is None else reach
+    total = 0
+    for r in range(tiles):
+        low, high = r - reach, (r if one_side else r + reach)
+        if clip:
+            low, high = max(low, 0), min(high, tiles - 1)
+        total += high - low + 1
+    return np.asarray(float(total), dtype=np.float64)
+
+
+WINDOW_TILES = Exercise(
+    name="window_tiles",
+    function="window_tiles",
+    params=("N", "window", "block"),
+    lesson=LESSON,
+    reference=_window_tiles,
+    cases=(
+        Case("small", "N = 40, window = 6, block = 8", lambda rng: (40, 6, 8), seed=1221),
+        Case(
+            "window_a_multiple",
+            "N = 1000, window = 96, block = 32: a window of whole tiles, N not a multiple of block",
+            lambda rng: (1000, 96, 32),
+            seed=1222,
+            points=2.0,
+        ),
+        Case("wide_window", "N = 300, window = 50, block = 16", lambda rng: (300, 50, 16), seed=1223),
+    ),
+    mistakes=(
+        Mistake(
+            "edges not clipped",
+            "The first and last rows of tiles have no neighbours on one side: a band of tiles is cut off at the "
+            "edges of the (N, N) grid.",
+            lambda N, w, b: _band_tiles(N, w, b, clip=False),
+        ),
+        Mistake(
+            "straddling tiles forgotten",
+            "A tile is computed when it holds ANY allowed pair. The pair with the smallest offset in the tile r - c "
+            "diagonals away is (r - c) * block - (block - 1) apart, so a tile that the window only partly reaches "
+            "counts too: ceil(window / block) diagonals each side, not window // block.",
+            lambda N, w, b: _band_tiles(N, w, b, reach=w // b),
+        ),
+        Mistake(
+            "one side only",
+            "This window is not causal: |i - j| <= window reaches window keys before AND after each query.",
+            lambda N, w, b: _band_tiles(N, w, b, one_side=True),
+        ),
+    ),
+    hints={
+        "type": "Return a 0-d NumPy float64 array: np.asarray(float(count), dtype=np.float64).",
+        "shape": "Return a single number as a 0-d array: np.asarray(float(count), dtype=np.float64).",
+        "values": "Draw the tile grid for a small case (N = 16, block = 4) and shade the band |i - j| <= window: "
+        "count, per row of tiles, which columns of tiles it touches, then sum over the rows.",
+    },
+)
+
+EXERCISES = (LAYOUT, ATTENTION, WINDOW_TILES)

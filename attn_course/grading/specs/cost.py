@@ -3,14 +3,20 @@
 * ``attention_flops(B, H, N, d)``: the floating-point operations of the two
   matrix products of dense attention, ``4 * B * H * N**2 * d``;
 * ``score_matrix_bytes(B, H, N, itemsize)``: the bytes of the score matrices
-  of one layer, ``B * H * N**2 * itemsize``.
+  of one layer, ``B * H * N**2 * itemsize``;
+* ``longest_sequence(memory_bytes, B, H, itemsize)`` (predict, then verify):
+  the largest ``N`` whose score matrices fit in ``memory_bytes``,
+  ``floor(sqrt(memory_bytes / (B * H * itemsize)))``, computed exactly with
+  integers.
 
-Both take Python ``int``s and return a 0-d NumPy float64 array (the grader
+All take Python ``int``s and return a 0-d NumPy float64 array (the grader
 records arrays only; a float64 also holds the large counts exactly). The
-references are the formulas of the lesson's sections 1 and 5.
+references are these formulas, evaluated at grading time.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -119,4 +125,70 @@ BYTES = Exercise(
     hints={"type": TYPE_HINT, "shape": "Return a single number as a 0-d array: np.asarray(value, dtype=np.float64)."},
 )
 
-EXERCISES = (FLOPS, BYTES)
+
+def _longest(memory_bytes, B, H, itemsize, *, heads=True, power=2, rounding="floor"):
+    per_pair = B * (H if heads else 1) * itemsize  # bytes of one (query, key) pair over the batch and heads
+    budget = memory_bytes // per_pair  # how many pairs fit per head and sequence
+    if power == 1:
+        return _as_result(budget)
+    if rounding == "round":
+        return _as_result(round(math.sqrt(memory_bytes / per_pair)))
+    return _as_result(math.isqrt(budget))  # the largest N with N * N <= budget
+
+
+LONGEST = Exercise(
+    name="longest_sequence",
+    function="longest_sequence",
+    params=("memory_bytes", "B", "H", "itemsize"),
+    lesson=LESSON,
+    reference=_longest,
+    cases=(
+        Case(
+            "one_gigabyte",
+            "memory_bytes = 10**9, B = 2, H = 3, itemsize = 4",
+            lambda rng: (10**9, 2, 3, 4),
+            seed=1021,
+        ),
+        Case(
+            "one_gibibyte",
+            "memory_bytes = 2**30, B = 1, H = 8, itemsize = 4",
+            lambda rng: (2**30, 1, 8, 4),
+            seed=1022,
+        ),
+        Case(
+            "large_card",
+            "memory_bytes = 141 * 10**9, B = 5, H = 32, itemsize = 2: a 141 GB card",
+            lambda rng: (141 * 10**9, 5, 32, 2),
+            seed=1023,
+            points=2.0,
+        ),
+    ),
+    mistakes=(
+        Mistake(
+            "N instead of N squared",
+            "The scores grow with N * N: the memory fixes how many (query, key) pairs fit, and N is the square root "
+            "of that number.",
+            lambda m, B, H, i: _longest(m, B, H, i, power=1),
+        ),
+        Mistake(
+            "heads forgotten",
+            "Every head holds its own (N, N) score matrix: divide the memory by B * H * itemsize before taking the "
+            "square root.",
+            lambda m, B, H, i: _longest(m, B, H, i, heads=False),
+        ),
+        Mistake(
+            "rounded up",
+            "The scores must fit: take the largest N with B * H * N**2 * itemsize <= memory_bytes, the square root "
+            "rounded down (math.isqrt), not to the nearest integer.",
+            lambda m, B, H, i: _longest(m, B, H, i, rounding="round"),
+        ),
+    ),
+    hints={
+        "type": TYPE_HINT,
+        "shape": "Return a single number as a 0-d array: np.asarray(value, dtype=np.float64).",
+        "values": "Solve B * H * N**2 * itemsize <= memory_bytes for the largest whole N. math.isqrt(n) is the "
+        "exact integer square root, rounded down.",
+    },
+)
+
+EXERCISES = (FLOPS, BYTES, LONGEST)

@@ -5,10 +5,14 @@
 * ``linear_attention(q, k, v)``: non-causal linear attention by the
   reordering ``phi(Q) (phi(K)^T V)``, normalised by ``phi(Q) sum_j phi(k_j)``;
 * ``causal_linear_attention(q, k, v)``: query ``i`` uses keys ``j <= i`` only,
-  by prefix sums of ``phi(k_j) v_j^T`` and ``phi(k_j)``.
+  by prefix sums of ``phi(k_j) v_j^T`` and ``phi(k_j)``;
+* ``reorder_crossover(d, dv)`` (predict, then verify): the shortest length
+  ``L`` (with ``S = L``) from which ``phi(Q) (phi(K)^T V)``, ``2 L d dv``
+  multiply-adds, costs fewer than ``(phi(Q) phi(K)^T) V``, ``L^2 (d + dv)``.
 
 References: ``attn_course.linear.elu_feature_map`` and
-``attn_course.linear_attention`` (``causal=False`` / ``causal=True``).
+``attn_course.linear_attention`` (``causal=False`` / ``causal=True``); the
+crossover is found by counting both products for L = 1, 2, ... .
 """
 
 from __future__ import annotations
@@ -115,6 +119,15 @@ def _linear(q, k, v, *, phi=_phi, normalise=True, causal=False, strict=False):
     return (num / np.where(den > 0, den, 1.0)).astype(q.dtype)
 
 
+def _shifted_prefix(q, k, v):
+    """Causal linear attention whose prefix sums stop before row i: row 0 divides 0 by 0 (NaN)."""
+    pq, pk = _phi(q), _phi(k)
+    L = q.shape[-2]
+    allowed = np.tril(np.ones((L, L), dtype=bool), k=-1)
+    sim = np.where(allowed, pq @ np.swapaxes(pk, -1, -2), 0.0)
+    return ((sim @ v) / sim.sum(axis=-1, keepdims=True)).astype(q.dtype)
+
+
 def _softmax_attention(q, k, v, causal=False):
     s = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
     if causal:
@@ -216,6 +229,12 @@ CAUSAL = Exercise(
             _linear,
         ),
         Mistake(
+            "prefix sums shifted by one",
+            "The prefix sums at row i must include term i: an exclusive sum (np.cumsum(...) - term, or a sum shifted "
+            "down one row) leaves row 0 with nothing at all, and 0 / 0 is NaN there. Use the inclusive np.cumsum.",
+            _shifted_prefix,
+        ),
+        Mistake(
             "own key excluded",
             "Query i sees keys j <= i, its own key included: the prefix sum at row i includes term i (an "
             "inclusive np.cumsum, not shifted by one).",
@@ -236,8 +255,57 @@ CAUSAL = Exercise(
         "shape": "The prefix sums of phi(k_j) v_j^T are (..., L, d, dv): phi(k)[..., :, None] * v[..., None, :], "
         "then np.cumsum over axis -3.",
         "dtype": "Keep q's dtype: float32 in, float32 out (.astype(q.dtype) at the end).",
-        "nonfinite": "With elu + 1 every feature is positive, so the normaliser is never 0: check the feature map.",
+        "nonfinite": "A normaliser of 0 gives NaN. With elu + 1 every feature is positive, so phi(q_i) . z_i is 0 only "
+        "when z_i sums nothing: check that the prefix sums at row i include row i itself, then the feature map.",
     },
 )
 
-EXERCISES = (PHI, LINEAR, CAUSAL)
+
+# --------------------------------------------------------------------------- which order is cheaper (predict)
+
+
+def _crossover(d, dv, *, products=2, strict=True):
+    """The smallest L with ``products * L * d * dv`` multiply-adds below ``L * L * (d + dv)``; a 0-d float64 array."""
+    L = 1
+    while True:
+        linear, quadratic = products * L * d * dv, L * L * (d + dv)
+        if linear < quadratic or (not strict and linear <= quadratic):
+            return np.asarray(float(L), dtype=np.float64)
+        L += 1
+
+
+CROSSOVER = Exercise(
+    name="reorder_crossover",
+    function="reorder_crossover",
+    params=("d", "dv"),
+    lesson=LESSON,
+    reference=_crossover,
+    cases=(
+        Case("small_heads", "d = 4, dv = 6", lambda rng: (4, 6), seed=431),
+        Case("equal_sizes", "d = 64, dv = 64: a tie at L = 64", lambda rng: (64, 64), seed=432, points=2.0),
+        Case("wide_values", "d = 3, dv = 7", lambda rng: (3, 7), seed=433),
+        Case("wide_queries", "d = 128, dv = 32", lambda rng: (128, 32), seed=434),
+    ),
+    mistakes=(
+        Mistake(
+            "one product counted",
+            "Each order makes TWO matrix products. phi(K)^T V costs L d dv, and phi(Q) times that (d, dv) matrix "
+            "another L d dv: 2 L d dv against L^2 d + L^2 dv.",
+            lambda d, dv: _crossover(d, dv, products=1),
+        ),
+        Mistake(
+            "a tie counted as cheaper",
+            "From L on, the reordering must cost FEWER multiply-adds: at a tie both orders cost the same, so the "
+            "next length is the first that saves.",
+            lambda d, dv: _crossover(d, dv, strict=False),
+        ),
+    ),
+    hints={
+        "type": "Return a 0-d NumPy float64 array: np.asarray(float(L), dtype=np.float64).",
+        "shape": "Return a single number as a 0-d array: np.asarray(float(L), dtype=np.float64).",
+        "values": "An (a, b) @ (b, c) product costs a * b * c multiply-adds. Write the cost of both orders as a "
+        "function of L and find the first L where the reordered one is smaller; integers avoid rounding trouble.",
+    },
+)
+
+EXERCISES = (PHI, LINEAR, CAUSAL, CROSSOVER)

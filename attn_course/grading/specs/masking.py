@@ -3,13 +3,18 @@
 * ``causal_mask(n)``: boolean ``(n, n)``, True where key ``j <= i``;
 * ``padding_mask(lengths, n)``: boolean ``(B, 1, 1, n)``, True for the first
   ``lengths[b]`` keys of sequence ``b``;
-* ``masked_attention(q, k, v, mask)``: attention with a boolean mask, returning
-  ``(output, weights)``; a query that may attend to nothing (left padding
-  combined with the causal mask) gets zero weights and a zero output, never NaN.
+* ``left_padded_causal_mask(lengths, n)`` (an extension): boolean
+  ``(B, 1, n, n)`` for a batch padded on the LEFT (sequence ``b``'s real tokens
+  sit at positions ``n - lengths[b] .. n - 1``, as when decoding a batch whose
+  prompts end together) under the causal rule: query ``i`` may attend to key
+  ``j`` when ``j <= i`` and ``j >= n - lengths[b]``. The first
+  ``n - lengths[b]`` queries of sequence ``b`` may attend to nothing.
 
-References: ``attn_course.masks.causal_mask``, ``attn_course.masks.padding_mask``
-and ``attn_course.scaled_dot_product_attention``. Masks are compared exactly
-(booleans), attention within the dtype's tolerance.
+(Attention under such masks, with the rows that keep nothing, is exercise 03's
+``scaled_dot_product_attention``.) References: ``attn_course.masks.causal_mask``
+and ``attn_course.masks.padding_mask``; the left-padded mask is the causal mask
+and the plain formula for the left padding. Masks are compared exactly
+(booleans).
 """
 
 from __future__ import annotations
@@ -17,19 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import masks
-from ...attention import scaled_dot_product_attention as reference_attention
-from ..judge import (
-    Case,
-    Exercise,
-    Invariant,
-    Mistake,
-    format_index,
-    rows_sum_to_one,
-    within_zero_and_one,
-    zero_where_masked,
-)
-from .attention import wrong_attention
-from .inputs import keep_mask, normal_array
+from ..judge import Case, Exercise, Mistake
 
 __all__ = ["EXERCISES"]
 
@@ -154,120 +147,79 @@ PADDING = Exercise(
 )
 
 
-# --------------------------------------------------------------------------- masked attention
+# --------------------------------------------------------------------------- left padding and the causal rule
 
 
-def _causal_left_padding(lengths, n):
-    """(B, 1, n, n): causal, and the first n - lengths[b] keys of sequence b are (left) padding."""
-    real = np.arange(n)[None, :] >= (n - np.asarray(lengths))[:, None]  # (B, n)
-    return masks.causal_mask(n) & real[:, None, None, :]
+def _left_causal(lengths, n, *, side="left", causal="j <= i", heads=True):
+    """(B, 1, n, n): causal and left padding, or a classic wrong version of it."""
+    lengths = np.asarray(lengths)[:, None]  # (B, 1)
+    j = np.arange(n)[None, :]  # (1, n)
+    real = j >= n - lengths if side == "left" else j < lengths  # (B, n): key j is a real token
+    i, j_square = np.arange(n)[:, None], np.arange(n)[None, :]  # (n, 1), (1, n)
+    rule = {"j <= i": j_square <= i, "j < i": j_square < i, "none": np.ones((n, n), dtype=bool)}[causal]
+    mask = rule[None, :, :] & real[:, None, :]  # (B, n, n)
+    return mask[:, None, :, :] if heads else mask  # (B, 1, n, n)
 
 
-def _masked_case(shape_q, S, dv, make_mask, dtype=np.float32):
-    def make(rng):
-        *batch, L, d = shape_q
-        q = normal_array(rng, (*batch, L, d), dtype)
-        k = normal_array(rng, (*batch, S, d), dtype)
-        v = normal_array(rng, (*batch, S, dv), dtype)
-        return q, k, v, make_mask(rng)
-
-    return make
+def _left_causal_reference(lengths, n):
+    real = np.arange(n)[None, :] >= n - np.asarray(lengths)[:, None]  # (B, n): the left padding, a plain formula
+    return masks.causal_mask(n)[None, None, :, :] & real[:, None, None, :]  # (B, 1, n, n)
 
 
-def zero_output_where_nothing_allowed() -> Invariant:
-    """A query whose mask row is all False has an all-zero output row."""
-
-    def violation(outputs, args, tol):
-        output = outputs[0]
-        mask = np.broadcast_to(np.asarray(args[3]), outputs[1].shape)
-        empty = ~mask.any(axis=-1)  # (..., L)
-        bad = empty & np.any(output != 0, axis=-1)
-        if bool(np.any(bad)):
-            first = np.argwhere(bad)[0]
-            return f"query {format_index(first)} may attend to nothing but its output row is not zero"
-        return None
-
-    return Invariant("a query that may attend to nothing has a zero output row", violation)
-
-
-MASKED = Exercise(
-    name="masked_attention",
-    function="masked_attention",
-    params=("q", "k", "v", "mask"),
+LEFT_CAUSAL = Exercise(
+    name="left_padded_causal_mask",
+    function="left_padded_causal_mask",
+    params=("lengths", "n"),
     lesson=LESSON,
-    reference=lambda q, k, v, mask: reference_attention(q, k, v, mask, return_weights=True),
-    outputs=("output", "weights"),
+    reference=_left_causal_reference,
     cases=(
         Case(
-            "causal",
-            "q, k: float32 (6, 4), v: (6, 3), mask: the causal (6, 6)",
-            _masked_case((6, 4), 6, 3, lambda rng: masks.causal_mask(6)),
-            seed=167,
+            "two_prompts",
+            "lengths: int64 [5, 2], n = 5: sequence 1 starts with 3 padding tokens",
+            _lengths_and_n([5, 2], 5),
+            seed=171,
         ),
         Case(
-            "padding",
-            "q, k: float32 (2, 1, 5, 4), v: (2, 1, 5, 3), mask: padding (2, 1, 1, 5), lengths [5, 2]",
-            _masked_case((2, 1, 5, 4), 5, 3, lambda rng: masks.padding_mask([5, 2], 5)),
-            seed=168,
-        ),
-        Case(
-            "left_padding_and_causal",
-            "q, k: float32 (2, 1, 5, 4), v: (2, 1, 5, 3), mask: causal & left padding (2, 1, 5, 5), lengths "
-            "[5, 2]: three queries may attend to nothing",
-            _masked_case((2, 1, 5, 4), 5, 3, lambda rng: _causal_left_padding([5, 2], 5)),
-            seed=169,
+            "with_empty",
+            "lengths: int64 [3, 0, 6], n = 6: sequence 1 is all padding",
+            _lengths_and_n([3, 0, 6], 6),
+            seed=172,
             points=2.0,
         ),
-        Case(
-            "cross_float64",
-            "q: float64 (3, 7), k: (6, 7), v: (6, 2), mask: bool (3, 6) whose row 2 allows nothing",
-            _masked_case((3, 7), 6, 2, lambda rng: keep_mask(rng, (3, 6), empty_rows=(2,)), np.float64),
-            seed=170,
-        ),
-    ),
-    invariants=(
-        zero_where_masked(1, 3),
-        within_zero_and_one(1),
-        rows_sum_to_one(1, mask_arg=3),
-        zero_output_where_nothing_allowed(),
+        Case("one_short", "lengths: int64 [4], n = 7", _lengths_and_n([4], 7), seed=173),
     ),
     mistakes=(
         Mistake(
-            "mask applied after the softmax",
-            "Block the scores before the softmax (blocked scores become -inf), so that the allowed keys share "
-            "the whole weight of 1. Zeroing weights afterwards leaves rows that sum to less than 1.",
-            wrong_attention(mask_after=True),
+            "padding on the right",
+            "Here the padding comes FIRST: sequence b's real tokens are the last lengths[b] positions, "
+            "j >= n - lengths[b]. j < lengths[b] is the rule for padding on the right.",
+            lambda lengths, n: _left_causal(lengths, n, side="right"),
         ),
         Mistake(
-            "NaN for a query that may attend to nothing",
-            "A row whose mask is all False has the maximum -inf, and -inf - (-inf) is NaN (lesson section 4). "
-            "Shift such rows by 0 instead and divide by 1 where the sum is 0: their weights and output are zero.",
-            wrong_attention(nan_rows=True),
+            "causal rule forgotten",
+            "Combine both rules with &: the key must be a real token AND not in the future of the query (j <= i).",
+            lambda lengths, n: _left_causal(lengths, n, causal="none"),
         ),
         Mistake(
-            "large negative number instead of -inf",
-            "With -1e9 instead of -inf, a query that may attend to nothing spreads its weight evenly over the "
-            "blocked keys. It must get zero weights and a zero output.",
-            wrong_attention(fill=-1e9),
+            "diagonal excluded",
+            "Each real token may attend to itself: j <= i, not j < i.",
+            lambda lengths, n: _left_causal(lengths, n, causal="j < i"),
         ),
         Mistake(
-            "mask inverted",
-            "The mask is True where a query may attend and False where it may not.",
-            wrong_attention(invert=True),
-        ),
-        Mistake(
-            "no scaling",
-            "Divide the scores by sqrt(d) (d = q.shape[-1]) before masking them, as in lesson 03.",
-            wrong_attention(score_scale=False),
+            "no head axis",
+            "Return shape (B, 1, n, n): a head axis of size 1 after the batch axis, so that the mask broadcasts "
+            "against scores (B, h, n, n).",
+            lambda lengths, n: _left_causal(lengths, n, heads=False),
         ),
     ),
     hints={
-        "type": "Return both results as a tuple: return output, weights.",
-        "nonfinite": "A query that may attend to nothing must get zero weights and a zero output row, not NaN: "
-        "its row maximum is -inf, and -inf - (-inf) is NaN.",
-        "raised": "The mask broadcasts against the scores (..., L, S): np.where(mask, scores, -np.inf) works for "
-        "every mask shape here. Transpose only the last two axes of k.",
+        "dtype": BOOL_DTYPE,
+        "shape": "Return shape (B, 1, n, n): batch, a head axis of size 1, queries, keys.",
+        "raised": "Build the two rules separately, a causal (n, n) and a padding (B, n), then give each the axes of "
+        "size 1 it lacks ([None, None] and [:, None, None, :]) and combine them with &.",
+        "values": "Draw the (n, n) mask of one sequence with 2 padding tokens first by hand: which queries may see "
+        "nothing at all?",
     },
 )
 
-EXERCISES = (CAUSAL, PADDING, MASKED)
+EXERCISES = (CAUSAL, PADDING, LEFT_CAUSAL)

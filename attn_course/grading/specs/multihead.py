@@ -5,7 +5,12 @@
 * ``merge_heads(x)``: the exact inverse, ``(..., h, L, head_dim) -> (..., L, h * head_dim)``;
 * ``multi_head_attention(x, W_q, W_k, W_v, W_o, num_heads)``: multi-head
   self-attention without biases, returning ``(output, weights)``,
-  ``(..., L, d_model)`` and the per-head weights ``(..., h, L, L)``.
+  ``(..., L, d_model)`` and the per-head weights ``(..., h, L, L)``;
+* ``intermediate_shapes(B, L, d_model, num_heads)`` (predict, then verify):
+  the shape of one projection after the split, ``(B, h, L, d_model / h)``,
+  the shape of the weights, ``(B, h, L, L)``, and how many scores one layer
+  computes, ``B h L^2`` (independent of ``d_model``: more heads, more scores).
+  Read off the package's layer run on zeros.
 
 References: ``attn_course.split_heads``, ``attn_course.merge_heads`` and
 ``attn_course.MultiHeadAttention`` (bias-free, holding the given weights).
@@ -253,4 +258,79 @@ MHA = Exercise(
     },
 )
 
-EXERCISES = (SPLIT, MERGE, MHA)
+# --------------------------------------------------------------------------- predicting every shape
+
+
+def _shapes_by_running(B, L, d_model, num_heads):
+    """``(per_head_shape, weights_shape, score_count)`` read off the package's layer run on zeros (int64)."""
+    x = np.zeros((B, L, d_model), dtype=np.float32)  # (B, L, d_model)
+    W = np.zeros((d_model, d_model), dtype=np.float32)
+    per_head = reference_split(x @ W, num_heads)  # (B, h, L, head_dim)
+    _, weights = bias_free_layer(W, W, W, W, num_heads)(x, return_weights=True)  # (B, h, L, L)
+    as_ints = np.asarray(per_head.shape, dtype=np.int64), np.asarray(weights.shape, dtype=np.int64)
+    return (*as_ints, np.asarray(weights.size, dtype=np.int64))
+
+
+def _shapes_variant(heads_first=True, head_dim="d_model / h", one_matrix=False):
+    """A wrong prediction with one classic mistake switched on."""
+
+    def predict(B, L, d_model, num_heads):
+        width = d_model // num_heads if head_dim == "d_model / h" else d_model
+        per_head = (B, num_heads, L, width) if heads_first else (B, L, num_heads, width)
+        weights = (B, L, L) if one_matrix else (B, num_heads, L, L)
+        count = int(np.prod(weights))
+        return (np.asarray(per_head, dtype=np.int64), np.asarray(weights, dtype=np.int64), np.asarray(count))
+
+    return predict
+
+
+SHAPES = Exercise(
+    name="intermediate_shapes",
+    function="intermediate_shapes",
+    params=("B", "L", "d_model", "num_heads"),
+    lesson=LESSON,
+    reference=_shapes_by_running,
+    outputs=("per_head_shape", "weights_shape", "score_count"),
+    cases=(
+        Case("four_heads", "B = 2, L = 5, d_model = 12, num_heads = 4", lambda rng: (2, 5, 12, 4), seed=221),
+        Case("three_heads", "B = 1, L = 7, d_model = 6, num_heads = 3", lambda rng: (1, 7, 6, 3), seed=222),
+        Case(
+            "wide_heads",
+            "B = 3, L = 4, d_model = 10, num_heads = 2",
+            lambda rng: (3, 4, 10, 2),
+            seed=223,
+            points=2.0,
+        ),
+    ),
+    mistakes=(
+        Mistake(
+            "heads left after the positions",
+            "After the split the head axis comes BEFORE the positions, (B, h, L, head_dim): that is what lets one "
+            "batched product q @ k^T give every head its own (L, L) scores. (B, L, h, head_dim) is only the first, "
+            "reshaping step.",
+            _shapes_variant(heads_first=False),
+        ),
+        Mistake(
+            "each head as wide as the model",
+            "The heads SHARE the d_model features: each one gets head_dim = d_model // num_heads of them, not all "
+            "d_model.",
+            _shapes_variant(head_dim="d_model"),
+        ),
+        Mistake(
+            "one weight matrix for all heads",
+            "Every head computes its own (L, L) weights, so there are B * h of them: shape (B, h, L, L), and "
+            "B * h * L * L scores in all.",
+            _shapes_variant(one_matrix=True),
+        ),
+    ),
+    hints={
+        "type": "Return the three results as a tuple of integer arrays: "
+        "return np.array(per_head_shape), np.array(weights_shape), np.asarray(score_count).",
+        "dtype": "Return integer arrays (np.array of Python ints gives int64); the count as np.asarray(count).",
+        "shape": "The two shapes have four numbers each; the count is a single number, a 0-d array.",
+        "values": "Follow one tensor through the layer on paper: x (B, L, d_model) -> x @ W_q -> split into heads "
+        "-> q @ k^T. Write the shape after each step.",
+    },
+)
+
+EXERCISES = (SPLIT, MERGE, MHA, SHAPES)

@@ -5,7 +5,10 @@
   ``PE[pos, 2i] = sin(pos / 10000^(2i/d))``, ``PE[pos, 2i+1] = cos(pos / 10000^(2i/d))``;
 * ``apply_rope(x, positions)``: rotate feature pair ``(2i, 2i+1)`` of row
   ``m`` of ``x (..., L, d)`` by the angle ``positions[m] * 10000^(-2i/d)``;
-  pairs are **adjacent** features, as in RoFormer and ``attn_course.apply_rope``.
+  pairs are **adjacent** features, as in RoFormer and ``attn_course.apply_rope``;
+* ``apply_rope_half_split(x, positions)`` (an extension): the same rotations
+  in the other common layout, where feature ``i`` pairs with feature
+  ``i + d/2`` ("rotate half"); reference: the plain formula.
 
 References: ``attn_course.sinusoidal_encoding`` (``dtype="float64"``) and
 ``attn_course.apply_rope``. The classic mix-ups (sines and cosines in two
@@ -238,4 +241,61 @@ ROPE = Exercise(
     },
 )
 
-EXERCISES = (ENCODING, ROPE)
+# --------------------------------------------------------------------------- RoPE, the half-split layout
+
+
+HALF_SPLIT = Exercise(
+    name="apply_rope_half_split",
+    function="apply_rope_half_split",
+    params=("x", "positions"),
+    lesson=LESSON,
+    reference=_rope_variant(pairs="halves"),  # the plain formula with pairs (i, i + d/2)
+    cases=(
+        Case("in_order", "x: float32 (5, 6), positions: int64 [0, 1, 2, 3, 4]", _rope_case((5, 6), range(5)), seed=231),
+        Case(
+            "batched_given_positions",
+            "x: float32 (2, 3, 8), positions: int64 [4, 9, 1] shared by the batch",
+            _rope_case((2, 3, 8), [4, 9, 1]),
+            seed=232,
+            points=2.0,
+        ),
+        Case(
+            "float64_far",
+            "x: float64 (4, 10), positions: int64 [0, 30, 31, 500]",
+            _rope_case((4, 10), [0, 30, 31, 500], np.float64),
+            seed=233,
+        ),
+    ),
+    invariants=(lengths_kept(),),
+    mistakes=(
+        Mistake(
+            "adjacent pairs",
+            "In this layout pair i is feature i with feature i + d/2: x[..., :d//2] holds the first feature of "
+            "every pair and x[..., d//2:] the second. Adjacent pairs (2i, 2i+1) are the other layout, the one of "
+            "exercise 2.",
+            reference_rope,
+        ),
+        Mistake(
+            "rotated the wrong way",
+            "Turn each pair by +m*theta_i: first' = first cos - second sin, second' = first sin + second cos. "
+            "The signs of the two sine terms are swapped here.",
+            _rope_variant(pairs="halves", direction=-1.0),
+        ),
+        Mistake(
+            "exponent i/d instead of 2i/d",
+            "Pair i still turns at theta_i = 10000^(-2i/d), i = 0 .. d/2 - 1: only where its two features sit "
+            "changes, not how fast it turns.",
+            _rope_variant(pairs="halves", exponent=lambda i, d: i / d),
+        ),
+    ),
+    hints={
+        "dtype": "Return x's dtype: compute the angles in float64 if you like, then .astype(x.dtype) at the end.",
+        "shape": "The rotation keeps the shape of x, (..., L, d).",
+        "raised": "positions has L entries: positions[:, None] * theta (a (d/2,) row) gives the (L, d/2) angles, "
+        "which broadcast against x[..., :d//2] (..., L, d/2).",
+        "values": "Rotate one vector of d = 4 by hand at position 1: features 0 and 2 form the first pair, "
+        "1 and 3 the second.",
+    },
+)
+
+EXERCISES = (ENCODING, ROPE, HALF_SPLIT)

@@ -4,7 +4,14 @@
   against itself through two learned projections,
   ``(x W_q)(x W_k)^T / sqrt(d_k)``, shape ``(..., L, L)``;
 * ``self_attention(x, W_q, W_k, W_v)``: the layer's forward pass, returning
-  ``(output, weights)``, ``(..., L, dv)`` and ``(..., L, L)``.
+  ``(output, weights)``, ``(..., L, dv)`` and ``(..., L, L)``;
+* ``sharpening_factor(x, W_q, W_k, target)`` (an experiment with an answer):
+  the factor ``c`` by which ``W_q`` must grow (``W_k`` unchanged) until the
+  largest weight of each query, averaged over all queries, reaches ``target``.
+  Scaling ``W_q`` by ``c`` scales every score by ``c``, and each query's top
+  weight ``1 / sum_j exp(c (s_j - s_max))`` grows with ``c``, so one factor
+  does it; the reference finds it by bisection in float64. Graded to a
+  relative precision of 1e-4 (the task asks for five significant digits).
 
 The reference of the layer is ``attn_course.scaled_dot_product_attention`` on
 the three projections (that is how the lesson checks the torch layer); the
@@ -84,13 +91,13 @@ SCORES = Exercise(
         Mistake(
             "W_q for the keys too",
             "The keys come from their own matrix, k = x @ W_k. With W_q on both sides the scores are symmetric, "
-            "which is exactly what the projections are meant to avoid (lesson section 2).",
+            "which two separate roles are meant to avoid: a token may look for something other than what it offers.",
             lambda x, W_q, W_k: _scores(x, W_q, W_k, key_matrix="W_q"),
         ),
         Mistake(
             "no projections",
             "Project first: q = x @ W_q and k = x @ W_k. Comparing the embeddings x with themselves is the "
-            "symmetric attention of the lesson's section 1.",
+            "symmetric attention without learned roles: the score of i for j is the score of j for i.",
             lambda x, W_q, W_k: _scores(x, W_q, W_k, query_matrix="none", key_matrix="none", scale="d_model"),
         ),
         Mistake(
@@ -189,4 +196,99 @@ LAYER = Exercise(
     },
 )
 
-EXERCISES = (SCORES, LAYER)
+# --------------------------------------------------------------------------- an experiment: how much sharper
+
+
+def _mean_top_weight(scores, factor, every=False):
+    """The largest weight of each query of softmax(factor * scores), averaged (or the smallest, ``every``)."""
+    top = reference_softmax(factor * scores, axis=-1).max(axis=-1)  # (..., L)
+    return float(top.min() if every else top.mean())
+
+
+def _factor_for(scores, target, every=False):
+    """The factor c >= 0 at which the mean top weight of softmax(c * scores) reaches ``target`` (bisection)."""
+    low, high = 0.0, 1.0
+    while _mean_top_weight(scores, high, every) < target and high < 2.0**60:
+        low, high = high, 2 * high
+    for _ in range(200):
+        middle = (low + high) / 2
+        if _mean_top_weight(scores, middle, every) < target:
+            low = middle
+        else:
+            high = middle
+        if high - low <= 1e-13 * high:
+            break
+    return (low + high) / 2
+
+
+def _sharpening(x, W_q, W_k, target, *, power=1.0, scale="d_k", every=False):
+    """The factor on W_q (or a classic wrong version of the experiment), as a 0-d float64 array."""
+    x, W_q, W_k = (np.asarray(a, dtype=np.float64) for a in (x, W_q, W_k))
+    scores = _scores(x, W_q, W_k, scale=scale)  # (..., L, L)
+    return np.asarray(_factor_for(scores, float(target), every) ** power, dtype=np.float64)
+
+
+def _sharpening_args(L, d_model, d_k, target, batch=(), dtype=np.float32):
+    make_layer = _layer_args(L, d_model, d_k, batch=batch, dtype=dtype)
+    return lambda rng: (*make_layer(rng), target)
+
+
+SHARPENING = Exercise(
+    name="sharpening_factor",
+    function="sharpening_factor",
+    params=("x", "W_q", "W_k", "target"),
+    lesson=LESSON,
+    reference=_sharpening,
+    cases=(
+        Case(
+            "mostly_one_token",
+            "x: float32 (5, 8), W_q and W_k: (8, 3), target 0.9",
+            _sharpening_args(5, 8, 3, 0.9),
+            seed=191,
+        ),
+        Case(
+            "batched_half",
+            "x: float32 (2, 6, 4), W_q and W_k: (4, 7), target 0.5",
+            _sharpening_args(6, 4, 7, 0.5, batch=(2,)),
+            seed=192,
+            points=2.0,
+        ),
+        Case(
+            "nearly_one_hot_float64",
+            "x: float64 (9, 5), W_q and W_k: (5, 2), target 0.99",
+            _sharpening_args(9, 5, 2, 0.99, dtype=np.float64),
+            seed=193,
+        ),
+    ),
+    mistakes=(
+        Mistake(
+            "both projections scaled",
+            "Scale W_q only. Scaling W_q AND W_k by c multiplies every score by c * c, so that experiment finds "
+            "the square root of the factor asked for.",
+            lambda x, W_q, W_k, target: _sharpening(x, W_q, W_k, target, power=0.5),
+        ),
+        Mistake(
+            "scores not divided by sqrt(d_k)",
+            "Measure on the layer's own scores, (x W_q)(x W_k)^T / sqrt(d_k): without the 1/sqrt(d_k) the scores "
+            "start sqrt(d_k) times larger and the factor found is sqrt(d_k) times too small.",
+            lambda x, W_q, W_k, target: _sharpening(x, W_q, W_k, target, scale="none"),
+        ),
+        Mistake(
+            "every query instead of the average",
+            "The target is for the AVERAGE over all queries (every batch entry too) of each query's largest "
+            "weight; waiting until every single query reaches it needs a larger factor.",
+            lambda x, W_q, W_k, target: _sharpening(x, W_q, W_k, target, every=True),
+        ),
+    ),
+    hints={
+        "type": "Return a 0-d NumPy float64 array: return np.asarray(factor, dtype=np.float64).",
+        "shape": "Return a single number as a 0-d array: np.asarray(factor, dtype=np.float64).",
+        "dtype": "Return float64 (np.asarray(factor, dtype=np.float64)), whatever the dtype of x.",
+        "values": "Write m(c), the average top weight for W_q scaled by c. m(0) = 1/L (all scores 0), and m grows "
+        "with c: double c until m(c) >= target, then halve the bracket [low, high] until it is 1e-7 wide "
+        "relative to c.",
+    },
+    tolerance={"rtol": 1e-4, "atol": 1e-8},
+)
+
+EXERCISES = (SCORES, LAYER, SHARPENING)

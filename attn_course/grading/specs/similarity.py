@@ -3,7 +3,12 @@
 * ``dot_product_similarity(q, k)``: every query against every key, ``q k^T``,
   shape ``(..., L, S)``, no scaling;
 * ``cosine_similarity(q, k)``: the same comparison with the lengths divided
-  out, ``q_i . k_j / (|q_i| |k_j|)``, every entry in ``[-1, 1]``.
+  out, ``q_i . k_j / (|q_i| |k_j|)``, every entry in ``[-1, 1]``;
+* ``dot_product_spread(d, sigma)`` (predict, then verify): the standard
+  deviation of ``q . k`` for two independent vectors of ``d`` entries drawn
+  from ``N(0, sigma^2)``: ``sigma^2 sqrt(d)`` (the ``d`` products of spread
+  ``sigma^2`` are independent, so their variances add up to ``d sigma^4``).
+  Returned as a 0-d float64 array (the grader records arrays only).
 
 The package has no function of its own for these (it only uses ``q k^T``
 inside ``scaled_dot_product_attention``), so the references are the plain
@@ -167,4 +172,55 @@ COSINE = Exercise(
     },
 )
 
-EXERCISES = (DOT, COSINE)
+
+# --------------------------------------------------------------------------- how far dot products spread
+
+
+def _spread(d, sigma, *, sigma_power=2, d_power=0.5):
+    return np.asarray(float(sigma) ** sigma_power * float(d) ** d_power, dtype=np.float64)
+
+
+SPREAD_TYPE_HINT = (
+    "Return a 0-d NumPy float64 array, not a Python number or a NumPy scalar: "
+    "return np.asarray(value, dtype=np.float64)."
+)
+
+SPREAD = Exercise(
+    name="dot_product_spread",
+    function="dot_product_spread",
+    params=("d", "sigma"),
+    lesson=LESSON,
+    reference=_spread,
+    cases=(
+        Case("short_vectors", "d = 4, sigma = 1.5", lambda rng: (4, 1.5), seed=107),
+        Case("small_entries", "d = 64, sigma = 0.5", lambda rng: (64, 0.5), seed=108),
+        Case("long_vectors", "d = 300, sigma = 2.0", lambda rng: (300, 2.0), seed=109),
+    ),
+    mistakes=(
+        Mistake(
+            "grows like d",
+            "The d products q_c k_c are independent, so their VARIANCES add up (d sigma^4), not their standard "
+            "deviations: the spread is the square root of the variance and grows like sqrt(d).",
+            lambda d, sigma: _spread(d, sigma, d_power=1.0),
+        ),
+        Mistake(
+            "variance instead of standard deviation",
+            "d sigma^4 is the variance of q . k; the spread asked for is its standard deviation, the square root.",
+            lambda d, sigma: _spread(d, sigma, sigma_power=4, d_power=1.0),
+        ),
+        Mistake(
+            "sigma once",
+            "Each term q_c k_c multiplies two numbers of spread sigma: its spread is sigma * sigma = sigma^2, "
+            "so the answer carries sigma^2, not sigma.",
+            lambda d, sigma: _spread(d, sigma, sigma_power=1),
+        ),
+    ),
+    hints={
+        "type": SPREAD_TYPE_HINT,
+        "shape": "Return a single number as a 0-d array: np.asarray(value, dtype=np.float64).",
+        "values": "Work out the mean and the variance of ONE product q_c k_c of two independent N(0, sigma^2) "
+        "numbers first; then add up d independent such terms.",
+    },
+)
+
+EXERCISES = (DOT, COSINE, SPREAD)

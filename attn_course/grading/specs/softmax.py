@@ -3,7 +3,12 @@
 * ``softmax(x)``: the numerically stable softmax over the last axis;
 * ``softmax_with_temperature(x, temperature)``: ``softmax(x / T)``;
 * ``masked_softmax(x, mask)``: masked entries get weight 0, a row that keeps
-  nothing gets all zeros (never NaN).
+  nothing gets all zeros (never NaN);
+* ``entropy_limits(x)`` (predict, then verify): the entropy (in nats) of the
+  weights ``softmax(x / T)`` of each row in the two limits: ``T -> 0`` leaves
+  the weight spread evenly over the entries tied for the row's maximum,
+  ``log(number of maxima)``; ``T -> infinity`` spreads it over all ``n``
+  entries, ``log(n)``. Two float64 arrays of shape ``x.shape[:-1]``.
 
 References are ``attn_course.softmax``; the mistakes below are the classic wrong
 versions, written plainly so that a failing answer can be told which one it is.
@@ -242,4 +247,88 @@ MASKED = Exercise(
     },
 )
 
-EXERCISES = (SOFTMAX, TEMPERATURE, MASKED)
+# --------------------------------------------------------------------------- entropy at the two ends of T
+
+
+def _entropy_limits(x, *, ties=True, log=np.log):
+    """``(cold, hot)``: the entropy of softmax(x / T) per row as T -> 0 and as T -> infinity."""
+    x = np.asarray(x)
+    top = (x == x.max(axis=-1, keepdims=True)).sum(axis=-1)  # (...,): entries tied for the maximum
+    cold = log(top.astype(np.float64)) if ties else np.zeros(x.shape[:-1])
+    hot = np.full(x.shape[:-1], log(float(x.shape[-1])))
+    return np.asarray(cold, dtype=np.float64), np.asarray(hot, dtype=np.float64)
+
+
+def _tied_scores(shape, dtype, top=3):
+    """Whole-number scores from 0 to ``top``, so that rows often tie for their maximum."""
+
+    def make(rng):
+        x = rng.integers(0, top + 1, size=shape).astype(dtype)
+        x.reshape(-1, shape[-1])[0] = 1  # one row with every entry tied
+        return (x,)
+
+    return make
+
+
+ENTROPY = Exercise(
+    name="entropy_limits",
+    function="entropy_limits",
+    params=("x",),
+    lesson=LESSON,
+    reference=_entropy_limits,
+    outputs=("cold", "hot"),
+    cases=(
+        Case(
+            "ties",
+            "x: float32 (4, 7), whole numbers 0 to 3, so that rows tie for their maximum; row 0 all equal",
+            _tied_scores((4, 7), np.float32),
+            seed=131,
+        ),
+        Case(
+            "batched_float64",
+            "x: float64 (2, 3, 5), whole numbers 0 to 2",
+            _tied_scores((2, 3, 5), np.float64, top=2),
+            seed=132,
+        ),
+        Case(
+            "no_ties",
+            "x: float32 (6, 9), normal scores (one maximum per row), row 0 all equal",
+            lambda rng: (_with_flat_first_row(_scores(rng, (6, 9))),),
+            seed=133,
+        ),
+    ),
+    mistakes=(
+        Mistake(
+            "ties ignored",
+            "As T -> 0 the weight goes to the LARGEST scores, all of them: a row whose maximum appears m times "
+            "ends with weight 1/m on each, and its entropy is log(m), not 0.",
+            lambda x: _entropy_limits(x, ties=False),
+        ),
+        Mistake(
+            "limits swapped",
+            "A cold temperature (T -> 0) makes the scores x / T huge, so the largest ones take all the weight: "
+            "low entropy. A hot one (T -> infinity) makes every x / T near 0: equal weights, entropy log(n).",
+            lambda x: _entropy_limits(x)[::-1],
+        ),
+        Mistake(
+            "bits instead of nats",
+            "Use the natural logarithm (np.log): the course measures entropy in nats, -sum p log p.",
+            lambda x: _entropy_limits(x, log=np.log2),
+        ),
+    ),
+    hints={
+        "type": "Return both results as a tuple of arrays: return cold, hot.",
+        "shape": "One entropy per row: both arrays have shape x.shape[:-1] (the last axis is summed away).",
+        "dtype": "Return float64 entropies: np.log of a count, or np.full(shape, np.log(n)), gives float64.",
+        "values": "The entropy of m equal weights 1/m is -m (1/m) log(1/m) = log(m). Ask, for each limit, over "
+        "how many entries the weight ends up spread evenly.",
+    },
+)
+
+
+def _with_flat_first_row(x):
+    x[0] = 0.5
+    return x
+
+
+EXERCISES = (SOFTMAX, TEMPERATURE, MASKED, ENTROPY)

@@ -7,7 +7,10 @@
   block, ``j % block >= block - c``);
 * ``receptive_field(mask, layers)``: ``R_1 = M``, ``R_{k+1} = R_k M`` as a
   boolean matrix product: which inputs output ``i`` can depend on after
-  ``layers`` layers.
+  ``layers`` layers;
+* ``layers_to_connect(mask)`` (an experiment with an answer): the fewest
+  layers after which every output ``i`` can depend on every input ``j <= i``,
+  or ``-1`` when no number of layers does it (a 0-d float64 array).
 
 References: ``attn_course.masks.strided_mask``, ``attn_course.masks.fixed_mask``,
 and the boolean product written out with integers. Masks are compared exactly.
@@ -220,4 +223,64 @@ RECEPTIVE = Exercise(
     },
 )
 
-EXERCISES = (STRIDED, FIXED, RECEPTIVE)
+
+def _connect(mask, *, every_pair=False, count_products=False):
+    """Fewest layers k with R_k covering every pair j <= i (every pair if ``every_pair``), or -1; 0-d float64."""
+    mask = np.asarray(mask, dtype=bool)
+    n = len(mask)
+    wanted = np.ones((n, n), dtype=bool) if every_pair else np.tril(np.ones((n, n), dtype=bool))
+    reach = mask
+    for layers in range(1, n + 1):  # after n layers nothing new can be reached
+        if bool(np.all(reach[wanted])):
+            return np.asarray(float(layers - 1 if count_products else layers), dtype=np.float64)
+        reach = (reach.astype(np.int64) @ mask.astype(np.int64)) > 0
+    return np.asarray(-1.0, dtype=np.float64)
+
+
+CONNECT = Exercise(
+    name="layers_to_connect",
+    function="layers_to_connect",
+    params=("mask",),
+    lesson=LESSON,
+    reference=_connect,
+    cases=(
+        Case(
+            "causal_window",
+            "mask: causal sliding window (13, 13), window 3 (each query sees itself and 3 keys back)",
+            lambda rng: (masks.sliding_window_mask(13, 3, causal=True),),
+            seed=531,
+            points=2.0,
+        ),
+        Case("strided", "mask: strided (22, 22), stride 5", lambda rng: (masks.strided_mask(22, 5),), seed=532),
+        Case("fixed", "mask: fixed (17, 17), block 4, c = 1", lambda rng: (masks.fixed_mask(17, 4, 1),), seed=533),
+        Case(
+            "dilated_never",
+            "mask: causal dilated window (11, 11), 2 keys back, 3 apart: some pairs are never connected",
+            lambda rng: (masks.dilated_window_mask(11, 2, 3, causal=True),),
+            seed=534,
+        ),
+    ),
+    mistakes=(
+        Mistake(
+            "products counted, not layers",
+            "One layer already connects the pairs its mask allows: R_1 = M. Count layers, which is one more than the "
+            "number of boolean products.",
+            lambda mask: _connect(mask, count_products=True),
+        ),
+        Mistake(
+            "every pair, future included",
+            "A causal pattern never lets query i read a later key j > i, however many layers are stacked: ask only "
+            "that every pair j <= i is reached.",
+            lambda mask: _connect(mask, every_pair=True),
+        ),
+    ),
+    hints={
+        "type": "Return a 0-d NumPy float64 array: np.asarray(float(layers), dtype=np.float64).",
+        "shape": "Return a single number as a 0-d array: np.asarray(float(layers), dtype=np.float64).",
+        "values": "Grow the receptive field one layer at a time and stop at the first layer where every pair j <= i "
+        "is reached. A pair that is still missing after n layers never will be (nothing new can be reached after "
+        "n - 1 products): return -1 then. A dilated window only ever moves by multiples of its dilation.",
+    },
+)
+
+EXERCISES = (STRIDED, FIXED, RECEPTIVE, CONNECT)

@@ -5,11 +5,19 @@
   running (unnormalised) output ``acc (L, dv)`` absorb one tile of scores
   ``(L, C)`` and its values ``(C, dv)``; returns ``(m_new, l_new, acc_new)``;
 * ``tiled_attention(q, k, v, block)``: scaled dot-product attention computed
-  one tile of ``block`` keys at a time, never building the ``(L, S)`` scores.
+  one tile of ``block`` keys at a time, never building the ``(L, S)`` scores;
+* ``causal_tiled_attention(q, k, v, block)`` (an extension): causal attention in
+  ``block x block`` tiles that never visits a tile above the diagonal, returning
+  ``(out, lse)`` with ``lse`` the log-sum-exp of each row's scaled causal scores,
+  ``m + log(l)``;
+* ``causal_tiles(N, block)`` (predict, then verify): how many tiles that visits,
+  ``T (T + 1) / 2`` with ``T = ceil(N / block)``, a 0-d float64 array.
 
 References: the online-softmax update written out in float64 (the package has
 no public single step), and ``attn_course.tiled_attention``, which agrees with
-dense attention up to rounding.
+dense attention up to rounding (``is_causal=True, return_lse=True`` for the
+causal extension); the tile count is the package's block layout of
+``masks.causal()``, summed.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import math
 
 import numpy as np
 
+from ... import masks
 from ...tiled import tiled_attention as reference_tiled
 from ..judge import Case, Exercise, Invariant, Mistake, format_index, format_number
 from .inputs import normal_array
@@ -247,4 +256,171 @@ TILED = Exercise(
     },
 )
 
-EXERCISES = (STEP, TILED)
+
+# --------------------------------------------------------------------------- the causal extension
+
+
+def _causal_reference(q, k, v, block):
+    return reference_tiled(q, k, v, is_causal=True, block_size=block, return_lse=True)
+
+
+def _causal_dense(q, k, v, block, *, allowed=None, scale=True, lse_kind="full"):
+    """Dense causal attention and its lse in float64, with switches for the classic mistakes."""
+    dtype = q.dtype
+    q, k, v = (np.asarray(x, dtype=np.float64) for x in (q, k, v))
+    n = q.shape[-2]
+    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    allowed = (j <= i) if allowed is None else allowed(i, j)
+    scores = q @ np.swapaxes(k, -1, -2) / (math.sqrt(q.shape[-1]) if scale else 1.0)  # (..., N, N)
+    scores = np.where(allowed, scores, -np.inf)
+    m = scores.max(axis=-1, keepdims=True)
+    p = np.exp(scores - m)
+    l = p.sum(axis=-1, keepdims=True)
+    out = (p / l) @ v
+    lse = {"full": m + np.log(l), "log_l": np.log(l), "max": m}[lse_kind][..., 0]
+    return out.astype(dtype), lse.astype(dtype)
+
+
+def _causal_case(batch, n, d, dv, block, dtype=np.float32):
+    def make(rng):
+        q = normal_array(rng, (*batch, n, d), dtype)
+        k = normal_array(rng, (*batch, n, d), dtype)
+        v = normal_array(rng, (*batch, n, dv), dtype)
+        return q, k, v, block
+
+    return make
+
+
+CAUSAL_TILED = Exercise(
+    name="causal_tiled_attention",
+    function="causal_tiled_attention",
+    params=("q", "k", "v", "block"),
+    lesson=LESSON,
+    reference=_causal_reference,
+    outputs=("out", "lse"),
+    cases=(
+        Case(
+            "partial_last_tile",
+            "q, k: float32 (11, 4), v: (11, 6), block = 4: the last tile holds 3 positions",
+            _causal_case((), 11, 4, 6, 4),
+            seed=1331,
+            points=2.0,
+        ),
+        Case(
+            "batched_heads",
+            "q, k: float32 (2, 3, 9, 5), v: (2, 3, 9, 2), block = 3",
+            _causal_case((2, 3), 9, 5, 2, 3),
+            seed=1332,
+        ),
+        Case(
+            "block_of_one",
+            "q, k: float64 (7, 3), v: (7, 8), block = 1: every tile a single pair",
+            _causal_case((), 7, 3, 8, 1, np.float64),
+            seed=1333,
+        ),
+        Case(
+            "one_big_tile",
+            "q, k: float32 (6, 2), v: (6, 5), block = 10: one tile, larger than the sequence",
+            _causal_case((), 6, 2, 5, 10),
+            seed=1334,
+        ),
+    ),
+    mistakes=(
+        Mistake(
+            "diagonal tiles not masked",
+            "Skipping the tiles above the diagonal is not enough: a tile ON the diagonal holds pairs with j > i too. "
+            "Inside it, set the scores of the keys after each query to -inf before the update.",
+            lambda q, k, v, b: _causal_dense(q, k, v, b, allowed=lambda i, j: j // b <= i // b),
+        ),
+        Mistake(
+            "not causal",
+            "Query i may read keys j <= i only: visit the key tiles up to and including the query tile's own, and "
+            "mask the pairs j > i inside it.",
+            lambda q, k, v, b: _causal_dense(q, k, v, b, allowed=lambda i, j: np.ones((i.size, j.size), dtype=bool)),
+        ),
+        Mistake(
+            "lse without the maximum",
+            "The running sum l is taken relative to the running maximum m: the row's log-sum-exp is m + log(l), not "
+            "log(l).",
+            lambda q, k, v, b: _causal_dense(q, k, v, b, lse_kind="log_l"),
+        ),
+        Mistake(
+            "lse is the maximum",
+            "m is only the largest score of the row; the log-sum-exp adds log(l), the log of the sum of "
+            "exp(score - m): lse = m + log(l).",
+            lambda q, k, v, b: _causal_dense(q, k, v, b, lse_kind="max"),
+        ),
+        Mistake(
+            "no 1/sqrt(d) scale",
+            "Scale the scores by 1 / sqrt(d) before the online softmax; the lse is that of the scaled scores.",
+            lambda q, k, v, b: _causal_dense(q, k, v, b, scale=False),
+        ),
+    ),
+    hints={
+        "type": "Return the tuple (out, lse): out (..., N, dv) and lse (..., N), both in q's dtype.",
+        "shape": "out is (..., N, dv); lse has one number per query row, (..., N): drop the kept axis of m and l.",
+        "dtype": "Keep q's dtype for both outputs: float32 in, float32 out.",
+        "values": "For query tile r (rows r * block .. ), visit the key tiles c = 0 .. r only, and in tile c = r "
+        "mask the pairs whose key comes after the query. Every row has at least its own key, so m is finite at the "
+        "end; the output is acc / l and lse = m + log(l).",
+    },
+)
+
+
+def _causal_tiles(N, block):
+    return np.asarray(float(masks.block_layout(masks.causal(), block, N, N).sum()), dtype=np.float64)
+
+
+def _tile_count(N, block, *, rounding="ceil", diagonal=True, half_square=False):
+    tiles = -(-N // block) if rounding == "ceil" else N // block
+    if half_square:
+        return np.asarray(tiles * tiles / 2, dtype=np.float64)
+    return np.asarray(float(tiles * (tiles + 1) // 2 if diagonal else tiles * (tiles - 1) // 2), dtype=np.float64)
+
+
+CAUSAL_TILES = Exercise(
+    name="causal_tiles",
+    function="causal_tiles",
+    params=("N", "block"),
+    lesson=LESSON,
+    reference=_causal_tiles,
+    cases=(
+        Case("small", "N = 12, block = 4", lambda rng: (12, 4), seed=1341),
+        Case("partial_tile", "N = 1000, block = 64: the last tile is partial", lambda rng: (1000, 64), seed=1342),
+        Case(
+            "long_sequence",
+            "N = 131072, block = 128",
+            lambda rng: (131_072, 128),
+            seed=1343,
+            points=2.0,
+        ),
+    ),
+    mistakes=(
+        Mistake(
+            "partial tile dropped",
+            "When block does not divide N the last tile is shorter but still computed: T = ceil(N / block), "
+            "-(-N // block) in integers.",
+            lambda N, b: _tile_count(N, b, rounding="floor"),
+        ),
+        Mistake(
+            "diagonal tiles left out",
+            "The tiles on the diagonal are computed too (each query reads its own key): T (T + 1) / 2, not "
+            "T (T - 1) / 2.",
+            lambda N, b: _tile_count(N, b, diagonal=False),
+        ),
+        Mistake(
+            "half of the square",
+            "Half of T * T cuts the diagonal tiles in two; a tile is either visited or not: the lower triangle with "
+            "its diagonal has T (T + 1) / 2 tiles.",
+            lambda N, b: _tile_count(N, b, half_square=True),
+        ),
+    ),
+    hints={
+        "type": "Return a 0-d NumPy float64 array: np.asarray(float(count), dtype=np.float64).",
+        "shape": "Return a single number as a 0-d array: np.asarray(float(count), dtype=np.float64).",
+        "values": "Number the tiles of queries r and of keys c from 0 to T - 1; a tile is visited when it holds a "
+        "pair j <= i. Count the tiles of row r, then sum over r.",
+    },
+)
+
+EXERCISES = (STEP, TILED, CAUSAL_TILED, CAUSAL_TILES)

@@ -13,7 +13,11 @@
   whose next-token scores at step ``t`` after token ``c`` are
   ``step_scores[b, t, c]`` (``(B, max_new, V, V)``): start from ``bos``, append the
   argmax, write ``pad`` after a sequence's ``eos``, stop when every sequence has
-  ended or after ``max_new`` tokens; the new tokens ``(B, n)`` int64, without ``bos``.
+  ended or after ``max_new`` tokens; the new tokens ``(B, n)`` int64, without ``bos``;
+* ``attention_weight_shapes(B, T, S, num_heads)`` (predict, then verify): the
+  shapes of the weights of the model's three attentions, one row each, as an
+  int64 ``(3, 4)`` array: encoder self-attention ``(B, h, S, S)``, decoder
+  self-attention ``(B, h, T, T)``, cross-attention ``(B, h, T, S)``.
 
 References: ``attn_course.masks`` (``causal_mask``, ``padding_mask``) and
 ``attn_course.MultiHeadAttention`` (bias-free, holding the given weights,
@@ -250,9 +254,13 @@ CROSS = Exercise(
     hints={
         "type": "Return both results as a tuple: return output, weights.",
         "raised": "Queries come from y (y @ W_q is (B, T, d_model)), keys and values from memory "
-        "(memory @ W_k is (B, S, d_model)); split each into heads, (B, h, T or S, head_dim).",
+        "(memory @ W_k is (B, S, d_model)); split each into heads, (B, h, T or S, head_dim). The package's "
+        "scaled_dot_product_attention returns the weights only when asked: with return_weights=True it returns "
+        "(output, weights), without it the output alone (and unpacking that splits its batch axis).",
         "shape": "The output has one row per OUTPUT position, (B, T, d_model) like y; the weights are (B, h, T, S): "
-        "queries from the decoder, keys from the encoder. Swapping y and memory swaps T and S.",
+        "queries from the decoder, keys from the encoder. Swapping y and memory swaps T and S. The weights come "
+        "from scaled_dot_product_attention(..., return_weights=True), which returns (output, weights); without "
+        "return_weights=True it returns the output only.",
         "values": "q = split_heads(y @ W_q), k = split_heads(memory @ W_k), v = split_heads(memory @ W_v); "
         "attention with mask=cross_mask; merge_heads; then @ W_o.",
     },
@@ -356,4 +364,62 @@ GREEDY = Exercise(
     },
 )
 
-EXERCISES = (MASKS, CROSS, GREEDY)
+
+# --------------------------------------------------------------------------- the three attentions' shapes (predict)
+
+
+def _weight_shapes(B, T, S, num_heads, *, cross=("T", "S"), decoder=("T", "T"), heads=True):
+    sizes = {"T": T, "S": S}
+    h = num_heads if heads else 1
+    rows = [(B, h, S, S), (B, h, *(sizes[a] for a in decoder)), (B, h, *(sizes[a] for a in cross))]
+    return np.asarray(rows, dtype=np.int64)
+
+
+SHAPES = Exercise(
+    name="attention_weight_shapes",
+    function="attention_weight_shapes",
+    params=("B", "T", "S", "num_heads"),
+    lesson=LESSON,
+    reference=_weight_shapes,
+    cases=(
+        Case("small", "B = 2, T = 5, S = 7, num_heads = 3", lambda rng: (2, 5, 7, 3), seed=1631),
+        Case(
+            "short_source",
+            "B = 4, T = 9, S = 6, num_heads = 2: a source shorter than the target",
+            lambda rng: (4, 9, 6, 2),
+            seed=1632,
+            points=2.0,
+        ),
+        Case("one_sequence", "B = 1, T = 11, S = 13, num_heads = 8", lambda rng: (1, 11, 13, 8), seed=1633),
+    ),
+    mistakes=(
+        Mistake(
+            "cross-attention transposed",
+            "In cross-attention the QUERIES are the decoder's T positions and the keys the encoder's S positions: "
+            "rows are queries, so its weights are (B, h, T, S).",
+            lambda B, T, S, h: _weight_shapes(B, T, S, h, cross=("S", "T")),
+        ),
+        Mistake(
+            "decoder self-attention over the source",
+            "The decoder's self-attention reads the target written so far, queries and keys both from the T "
+            "positions: (B, h, T, T). Only cross-attention reaches the source.",
+            lambda B, T, S, h: _weight_shapes(B, T, S, h, decoder=("T", "S")),
+        ),
+        Mistake(
+            "heads merged",
+            "Every head has its own weights: the head axis h stays in the weights, (B, h, ., .); only the outputs "
+            "are merged.",
+            lambda B, T, S, h: _weight_shapes(B, T, S, h, heads=False),
+        ),
+    ),
+    hints={
+        "type": "Return a NumPy int64 array: np.array([[...], [...], [...]], dtype=np.int64).",
+        "shape": "One row per attention (encoder self, decoder self, cross), four numbers per row (B, h, queries, "
+        "keys): a (3, 4) array.",
+        "dtype": "Shapes are whole numbers: build the array with dtype=np.int64.",
+        "values": "For each attention ask: where do its queries come from (they give the rows), where do its keys "
+        "come from (the columns)? The batch and the head axes come first.",
+    },
+)
+
+EXERCISES = (MASKS, CROSS, GREEDY, SHAPES)
