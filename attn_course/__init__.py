@@ -16,9 +16,11 @@ from . import fast, layouts, masks
 from .additive import additive_attention
 from .attention import scaled_dot_product_attention
 from .backend import asarray, default_backend, get_namespace, gpu_available, to_numpy
+from .backward import attention_backward, tiled_attention_backward
+from .cache import KVCache
 from .linear import linear_attention
 from .multihead import MultiHeadAttention, merge_heads, split_heads
-from .positions import apply_rope, sinusoidal_encoding
+from .positions import alibi_bias, alibi_slopes, apply_rope, sinusoidal_encoding
 from .softmax import softmax
 from .sparse import block_sparse_attention, sparse_attention
 from .tiled import tiled_attention
@@ -26,10 +28,14 @@ from .tiled import tiled_attention
 __version__ = "0.1.0"
 
 __all__ = [
+    "KVCache",
     "MultiHeadAttention",
     "additive_attention",
+    "alibi_bias",
+    "alibi_slopes",
     "apply_rope",
     "asarray",
+    "attention_backward",
     "block_sparse_attention",
     "default_backend",
     "fast",
@@ -45,5 +51,6 @@ __all__ = [
     "sparse_attention",
     "split_heads",
     "tiled_attention",
+    "tiled_attention_backward",
     "to_numpy",
 ]

@@ -11,6 +11,8 @@ side in one process, and printed next to its goal:
 * a sliding window (``sparse_attention``) against dense attention with the
   window as an ``(N, N)`` boolean mask;
 * linear attention against softmax attention, and where the two cross;
+* the backward pass: the textbook ``attention_backward`` against FlashAttention-2's
+  ``tiled_attention_backward`` (peak memory, time) and against torch's autograd;
 * how time and memory grow with ``N``: straight lines on log-log axes, whose
   fitted slopes are the exponents (2 for ``O(N^2)``, 1 for ``O(N)``).
 
@@ -40,10 +42,13 @@ import numpy as np
 
 from .. import fast
 from ..attention import scaled_dot_product_attention
+from ..backward import attention_backward, tiled_attention_backward
+from ..cache import KVCache
 from ..fast.threads import num_threads
 from ..linear import linear_attention
-from ..masks import sliding_window, sliding_window_mask
+from ..masks import causal_mask, sliding_window, sliding_window_mask
 from ..measure import loglog_slope, naive_attention, peak_memory, random_qkv
+from ..multihead import MultiHeadAttention
 from ..sparse import sparse_attention
 from ..tiled import tiled_attention
 from ..tolerances import tolerance_for
@@ -153,6 +158,44 @@ def reference_path(fn):
             return fn(*args, **kwargs)
 
     return call
+
+
+def gradients64(q, k, v, grad_out, rows_per_block: int = 256):
+    """dq, dk, dv of attention (no mask) in float64, the textbook formulas on blocks of query rows.
+
+    Only ``(rows_per_block, S)`` of the weights exist at a time, so that the check
+    fits in memory at every size the benchmark runs.
+    """
+    scale = 1 / math.sqrt(q.shape[-1])
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    for start in range(0, q.shape[-2], rows_per_block):
+        rows = slice(start, start + rows_per_block)
+        scores = q[..., rows, :] @ np.swapaxes(k, -1, -2) * scale  # (..., R, S)
+        weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        weights /= weights.sum(axis=-1, keepdims=True)
+        d_weights = grad_out[..., rows, :] @ np.swapaxes(v, -1, -2)  # (..., R, S)
+        d_scores = weights * (d_weights - (d_weights * weights).sum(axis=-1, keepdims=True))
+        dq[..., rows, :] = d_scores @ k * scale
+        dk += np.swapaxes(d_scores, -1, -2) @ q[..., rows, :] * scale
+        dv += np.swapaxes(weights, -1, -2) @ grad_out[..., rows, :]
+    return dq, dk, dv
+
+
+def check_gradients(impl: str, grads, q, k, v, grad_out) -> float:
+    """Compare ``(dq, dk, dv)`` with float64 gradients; the largest error, or ``WrongResultError``."""
+    tolerance = tolerance_for(np.float32)
+    largest = 0.0
+    for name, grad, expected in zip(("dq", "dk", "dv"), grads, gradients64(q, k, v, grad_out), strict=True):
+        actual = _as_numpy64(grad)
+        bad = ~np.isclose(actual, expected, rtol=10 * tolerance["rtol"], atol=10 * tolerance["atol"])
+        error = float(np.max(np.abs(actual - expected)))
+        if bad.any() or not np.isfinite(actual).all():
+            raise WrongResultError(
+                f"{impl}: {int(bad.sum())} of {bad.size} entries of {name} differ from the float64 reference "
+                f"(largest error {error:.3g}); refusing to time a wrong result"
+            )
+        largest = max(largest, error)
+    return largest
 
 
 # --------------------------------------------------------------------------- the suite
@@ -477,6 +520,214 @@ class _Suite:
         self.goal(f"linear vs softmax: softmax / linear time ({where}; {note})",
                   softmax_row.best_ms / linear_row.best_ms, 10.0, True)  # fmt: skip
 
+    def backward(self):
+        """The backward pass: peak memory and time of the textbook and tiled backward, and torch's autograd."""
+        section, d = "backward", self.sizes.d
+        for n in (self.sizes.goal_n, 2 * self.sizes.goal_n):  # N = 4096 and 8192 in the full run
+            q, k, v, grad_out = random_qkv(1, 1, n, d) + random_qkv(1, 1, n, d, seed=1)[:1]
+            out, lse = tiled_attention(q, k, v, return_lse=True)
+            timed = n == self.sizes.goal_n  # the time at N = 4096; the peak memory at both sizes
+            textbook = self.measure_backward(section, "attention_backward (textbook)", attention_backward,
+                                             (q, k, v, grad_out), memory=True, timed=timed)  # fmt: skip
+            tiled = self.measure_backward(section, "tiled_attention_backward (block 128)", tiled_attention_backward,
+                                          (q, k, v, out, lse, grad_out), memory=True, timed=timed)  # fmt: skip
+            square_mib = n * n * 4 / MIB
+            self.goal(f"tiled backward peak memory / one (N, N) float32 array (B1 H1 N{n} d{d}; "
+                      f"textbook backward: {textbook.peak_mib / square_mib:.1f})", tiled.peak_mib / square_mib,
+                      1 / 8, False)  # fmt: skip
+            if timed:
+                self.goal(f"tiled / textbook backward time (B1 H1 N{n} d{d})", tiled.best_ms / textbook.best_ms,
+                          1.3, False)  # fmt: skip
+        heads, n = self.sizes.compare_heads, self.sizes.compare_n
+        q, k, v, grad_out = random_qkv(1, heads, n, d) + random_qkv(1, heads, n, d, seed=1)[:1]
+
+        def numpy_forward_backward(q, k, v, grad_out):
+            scaled_dot_product_attention(q, k, v)
+            return attention_backward(q, k, v, grad_out)
+
+        def tiled_forward_backward(q, k, v, grad_out):
+            out, lse = tiled_attention(q, k, v, return_lse=True)
+            return tiled_attention_backward(q, k, v, out, lse, grad_out)
+
+        with self.side_by_side():
+            ours = self.measure_backward(section, "forward + attention_backward (NumPy)", numpy_forward_backward,
+                                         (q, k, v, grad_out))  # fmt: skip
+            self.measure_backward(section, "tiled forward + tiled backward (NumPy)", tiled_forward_backward,
+                                  (q, k, v, grad_out))  # fmt: skip
+            if self.torch is not None:
+                torch_row = self.measure_backward(section, "torch SDPA forward + autograd backward",
+                                                  self.torch_forward_backward,
+                                                  self.torch_tensors((q, k, v, grad_out)))  # fmt: skip
+        where = f"B1 H{heads} N{n} d{d}"
+        if self.torch is None:
+            self.skipped(section, "torch SDPA forward + autograd backward", heads, n, "torch is not installed")
+            return
+        self.goal(f"forward + attention_backward / torch forward + autograd backward time ({where})",
+                  ours.best_ms / torch_row.best_ms, 2.0, False)  # fmt: skip
+
+    def torch_forward_backward(self, q, k, v, grad_out):
+        """torch's ``scaled_dot_product_attention`` and its autograd backward: the gradients of q, k, v."""
+        leaves = tuple(x.detach().requires_grad_(True) for x in (q, k, v))
+        out = self.F.scaled_dot_product_attention(*leaves)
+        return self.torch.autograd.grad(out, leaves, grad_out)
+
+    def measure_backward(self, section, impl, fn, inputs, *, memory=False, timed=True):
+        """Check the gradients ``fn(*inputs)`` against float64, then time them (and trace the peak memory).
+
+        inputs start with q, k, v (1, H, N, d) and end with grad_out; ``timed=False``
+        traces the memory only.
+        """
+        q, k, v, grad_out = inputs[0], inputs[1], inputs[2], inputs[-1]
+        _, heads, n, d = tuple(q.shape)
+        error = check_gradients(impl, fn(*inputs), *(_as_numpy64(x) for x in (q, k, v, grad_out)))
+        self.largest_error = max(self.largest_error, error)
+        row = Measurement(section, impl, 1, heads, n, d)
+        if timed:
+            entry = (row, fn, inputs, {}, memory)
+            if self._queue is not None:
+                self._queue.append(entry)
+            else:
+                self._time_in_turn([entry])
+        else:
+            row.peak_mib = peak_memory(fn, *inputs) / MIB
+            row.note = "peak memory only"
+            self._add(row)
+        return row
+
+    def decoding(self):
+        """Decoding with a ``KVCache``: generation with and without it; MHA, GQA, MQA; a windowed cache's memory."""
+        self.generation_with_and_without_cache()
+        self.decode_step_mha_gqa_mqa()
+        self.windowed_cache_memory()
+
+    def generation_with_and_without_cache(self):
+        """Generating positions from a small model: every prefix recomputed, or one row per layer from a cache."""
+        section, quick = "decoding", self.sizes.quick
+        rng = np.random.default_rng(0)
+
+        # generating new_tokens positions from a small model (residual stack of causal attention layers),
+        #    each new input derived from the previous output: every prefix recomputed, or one row per layer
+        d_model, num_heads, num_layers, new_tokens = (64, 4, 2, 64) if quick else (256, 4, 2, 512)
+        layers = [MultiHeadAttention(d_model, num_heads, seed=seed) for seed in range(num_layers)]
+        prompt = rng.standard_normal((1, 1, d_model)).astype(np.float32)  # (1, 1, d_model)
+
+        def next_input(h):  # (1, 1, d_model): the newest output, normalised (stands in for sampling a token)
+            return h / np.sqrt(np.mean(h * h, axis=-1, keepdims=True) + 1e-6)
+
+        def without_cache():
+            x = prompt
+            for _ in range(new_tokens):
+                h = x
+                for layer in layers:
+                    h = h + layer(h, is_causal=True)  # (1, n, d_model): the whole prefix again
+                x = np.concatenate([x, next_input(h[:, -1:])], axis=1)
+            return x
+
+        def with_cache():
+            caches, inputs = [KVCache() for _ in layers], [prompt]
+            for _ in range(new_tokens):
+                h = inputs[-1]
+                for layer, cache in zip(layers, caches, strict=True):
+                    h = h + layer.decode(h, cache)  # (1, 1, d_model): the newest position only
+                inputs.append(next_input(h))
+            return np.concatenate(inputs, axis=1)
+
+        error = float(np.max(np.abs(with_cache() - without_cache())))  # also the warm-up call of each
+        if not error <= 1e-3:
+            raise WrongResultError(f"decoding with the KVCache differs from recomputing the prefix by {error:.2g}")
+        self.largest_error = max(self.largest_error, error)
+        where = f"{num_layers} layers, d_model {d_model}, {num_heads} heads, {new_tokens} new positions"
+        timed = self._time_calls({"recompute the prefix (no cache)": without_cache, "KVCache": with_cache},
+                                 turns=1 if quick else 2)  # fmt: skip
+        rows = {}
+        for impl, seconds in timed.items():
+            rows[impl] = self._add(Measurement(section, f"generate: {impl}", 1, num_heads, new_tokens,
+                                               d_model // num_heads, True, best_ms=min(seconds) * 1e3,
+                                               median_ms=statistics.median(seconds) * 1e3, runs=len(seconds),
+                                               note=where))  # fmt: skip
+        self.goal(f"decoding: recompute-the-prefix / KVCache time ({where}; same results to {error:.1g})",
+                  rows["recompute the prefix (no cache)"].best_ms / rows["KVCache"].best_ms, 10.0, True)  # fmt: skip
+
+    def decode_step_mha_gqa_mqa(self):
+        """One decode step with n cached positions: MHA, GQA and MQA at the same d_model and query heads."""
+        section, quick = "decoding", self.sizes.quick
+        rng = np.random.default_rng(1)
+        d_model, num_heads, n = (128, 8, 512) if quick else (1024, 16, 4096)
+        head_dim = d_model // num_heads
+        x = rng.standard_normal((1, n + 1, d_model)).astype(np.float32)  # (1, n + 1, d_model)
+        step_rows = {}
+        for num_kv_heads in (num_heads, max(1, num_heads // 4), 1):
+            mha = MultiHeadAttention(d_model, num_heads, num_kv_heads=num_kv_heads, seed=1)
+            cache = mha.new_cache()
+            mha.decode(x[:, :n], cache)  # the prompt's n positions in one chunk
+            step = mha.decode(x[:, n:], cache)  # (1, 1, d_model): position n
+            expected = mha(x, is_causal=True)[:, -1:]
+            error = float(np.max(np.abs(step - expected)))
+            if not error <= 1e-4:
+                raise WrongResultError(f"a decode step with {num_kv_heads} kv heads differs by {error:.2g}")
+            self.largest_error = max(self.largest_error, error)
+            nbytes, length = cache.nbytes, cache.length  # before the timed steps add positions
+            seconds = self._time_calls({"step": lambda mha=mha, cache=cache, new=x[:, n:]: mha.decode(new, cache)},
+                                       turns=5 if quick else 30)["step"]  # fmt: skip
+            kind = "MHA" if num_kv_heads == num_heads else ("MQA" if num_kv_heads == 1 else "GQA")
+            step_rows[kind] = self._add(Measurement(
+                section, f"decode step: {kind}, {num_kv_heads} kv heads", 1, num_heads, n, head_dim, True,
+                best_ms=min(seconds) * 1e3, median_ms=statistics.median(seconds) * 1e3, runs=len(seconds),
+                peak_mib=nbytes / MIB, note=f"peak_mib = cache bytes ({nbytes} at {length} positions)",
+            ))  # fmt: skip
+        where = f"d_model {d_model}, {num_heads} query heads, {n} cached positions"
+        for kind in ("GQA", "MQA"):
+            self.goal(f"decode step {kind} / MHA: cache bytes ({where})",
+                      step_rows[kind].peak_mib / step_rows["MHA"].peak_mib, math.inf, False)  # fmt: skip
+            self.goal(f"decode step {kind} / MHA: time ({where})",
+                      step_rows[kind].best_ms / step_rows["MHA"].best_ms, math.inf, False)  # fmt: skip
+
+    def windowed_cache_memory(self):
+        """A windowed cache's bytes as the sequence grows, beside a cache that keeps every position."""
+        section = "decoding"
+        rng = np.random.default_rng(2)
+        d_model, num_heads, window, sinks = 64, 4, self.sizes.window, 4
+        mha = MultiHeadAttention(d_model, num_heads, seed=2)
+        checkpoints = sorted(self.sizes.window_n)
+        x = rng.standard_normal((1, checkpoints[-1], d_model)).astype(np.float32)
+        windowed, plain = mha.new_cache(window=window, sinks=sinks), mha.new_cache()
+        first = checkpoints[0]
+        outputs = []
+        sizes = {}
+        for position in range(checkpoints[-1]):
+            out = mha.decode(x[:, position : position + 1], windowed)  # (1, 1, d_model)
+            mha.decode(x[:, position : position + 1], plain)
+            if position < first:
+                outputs.append(out)
+            if position + 1 in checkpoints:
+                sizes[position + 1] = (windowed.nbytes, plain.nbytes)
+        sink_columns = causal_mask(first) & (np.arange(first) < sinks)  # (first, first)
+        allowed = sliding_window_mask(first, window - 1, causal=True) | sink_columns  # a window of w includes the query
+        error = float(np.max(np.abs(np.concatenate(outputs, axis=1) - mha(x[:, :first], mask=allowed))))
+        if not error <= 1e-4:
+            raise WrongResultError(f"windowed decoding differs from the windowed mask by {error:.2g}")
+        self.largest_error = max(self.largest_error, error)
+        for length, (windowed_bytes, plain_bytes) in sizes.items():
+            for impl, nbytes in ((f"KVCache(window={window}, sinks={sinks})", windowed_bytes),
+                                 ("KVCache() (keeps every position)", plain_bytes)):  # fmt: skip
+                self._add(Measurement(section, f"cache memory: {impl}", 1, num_heads, length,
+                                      d_model // num_heads, True, window if "window" in impl else None,
+                                      peak_mib=nbytes / MIB, note="peak_mib = cache bytes"))  # fmt: skip
+        smallest, largest = checkpoints[0], checkpoints[-1]
+        self.goal(f"windowed KVCache bytes at N={largest} / at N={smallest} (window {window}, {sinks} sinks; "
+                  f"full cache: {sizes[largest][1] / sizes[smallest][1]:.0f}x)",
+                  sizes[largest][0] / sizes[smallest][0], 1.0, False)  # fmt: skip
+
+    def _time_calls(self, calls: dict, turns: int) -> dict:
+        """Seconds of each call of ``calls`` (name -> function), timed in turn ``turns`` times (after warm-up)."""
+        seconds = {name: [] for name in calls}
+        for _ in range(turns):
+            for name, call in calls.items():
+                start = time.perf_counter()
+                call()
+                seconds[name].append(time.perf_counter() - start)
+        return seconds
+
     def _find(self, section, impl, n, causal=False):
         for row in self.rows:
             if row.section == section and row.impl == impl and row.N == n and row.causal == causal:
@@ -647,6 +898,8 @@ def run(quick: bool = False, out: Path | str = DEFAULT_OUT, log=print) -> dict:
     suite.scaling()
     suite.sliding_window()
     suite.linear_vs_softmax()
+    suite.backward()
+    suite.decoding()
     log("")
     slopes = suite.slopes()
     log("Fitted log-log slopes (value ~ N^slope; 2 = quadratic, 1 = linear):")
