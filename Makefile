@@ -58,15 +58,22 @@ grader: install
 exercises-check: install
 	$(BIN)/python -m attn_course.assign --check
 
+# The notebook runs put one notebook on each of the 2 xdist workers; each kernel keeps OpenBLAS to one thread
+# (OPENBLAS_NUM_THREADS=1), so that two kernels never put four spinning BLAS threads on two cores, which
+# makes the many small matrix products of the reference code (ATTN_COURSE_FAST=0) many times slower.
+# The package's fast paths limit BLAS per worker thread themselves; stored outputs come from
+# `python -m attn_course.lessons --write`, which runs one notebook at a time without this setting.
+NBVAL_ENV := OPENBLAS_NUM_THREADS=1
+
 # Strict nbval over the lessons; a folder without notebooks has nothing to check yet.
 notebooks: install
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
-		$(BIN)/pytest notebooks --nbval $(NBVAL_FLAGS); \
+		$(NBVAL_ENV) $(BIN)/pytest notebooks --nbval $(NBVAL_FLAGS); \
 	else echo "notebooks/: no lesson notebooks yet, nothing for nbval to check"; fi
 
 solutions: install
 	@if ls solutions/*.ipynb >/dev/null 2>&1; then \
-		$(BIN)/pytest solutions --nbval-lax $(NBVAL_FLAGS); \
+		$(NBVAL_ENV) $(BIN)/pytest solutions --nbval-lax $(NBVAL_FLAGS); \
 	else echo "solutions/: no solution notebooks yet, nothing for nbval to check"; fi
 
 clean:
