@@ -48,8 +48,10 @@ import math
 
 import array_api_compat
 
+from . import fast
 from .attention import attention_mask
 from .backend import get_namespace
+from .fast import backward as fast_backward
 from .layouts import ElementMask
 from .softmax import masked_softmax
 from .validation import (
@@ -61,6 +63,7 @@ from .validation import (
     check_scale,
     compute_dtype,
     dtype_name,
+    is_numpy,
     require_finite,
     shape_of,
 )
@@ -89,8 +92,14 @@ def attention_backward(q, k, v, grad_out, mask=None, *, is_causal=False, scale=N
     is_causal = check_bool("is_causal", is_causal)
     scale = check_scale(scale, d)
     mask = attention_mask(mask, is_causal, batch, L, S, xp, like=q)
+    dtype = q.dtype
 
-    dtype, work = q.dtype, compute_dtype(q.dtype, xp)  # float16 is computed in float32
+    if fast.enabled() and is_numpy(q, k, v, grad_out, mask):  # same lines, heads on threads, rows in cache-sized blocks
+        return shaped_like(
+            fast_backward.attention_backward(q, k, v, grad_out, mask, scale, batch), (q, k, v), dtype, xp
+        )
+
+    work = compute_dtype(q.dtype, xp)  # float16 is computed in float32
     q_, k_, v_, d_out = (xp.astype(x, work, copy=False) for x in (q, k, v, grad_out))
     p = masked_softmax((q_ @ xp.matrix_transpose(k_)) * scale, -1, mask, xp)  # (..., L, S): P, the forward's weights
     d_v = xp.matrix_transpose(p) @ d_out  # (..., S, dv): dV = P^T dO

@@ -173,3 +173,45 @@ def test_disabled_takes_the_reference_code(monkeypatch, rng):
     with pytest.raises(ZeroDivisionError):
         scaled_dot_product_attention(q, k, v)  # outside the block the fast path is taken again
     assert len(calls) == 1
+
+
+def backward64(q, k, v, grad_out, mask=None, is_causal=False):
+    """The gradients of sum(grad_out * attention) from torch's autograd in float64: (dq, dk, dv)."""
+    import torch
+    import torch.nn.functional as F
+
+    tensors = [torch.tensor(np.asarray(x, dtype=np.float64), requires_grad=True) for x in (q, k, v)]
+    L_, S_ = q.shape[-2], k.shape[-2]
+    allowed = np.ones((L_, S_), dtype=bool) if mask is None else np.asarray(mask)
+    if is_causal:  # torch takes is_causal or a mask, not both
+        allowed = allowed & np.tril(np.ones((L_, S_), dtype=bool))
+    out = F.scaled_dot_product_attention(*tensors, attn_mask=torch.tensor(allowed))
+    out.backward(torch.tensor(np.asarray(grad_out, dtype=np.float64)))
+    return tuple(t.grad.numpy() for t in tensors)
+
+
+@pytest.mark.usefixtures("threads")
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("mask_kind", ["none", "batch array"])
+def test_attention_backward_fast_and_reference_agree(rng, is_causal, mask_kind):
+    from attn_course import attention_backward
+
+    # q (2, 3, L, d) with k, v shared by the 3 heads (1, S, d): dk, dv are summed over the heads
+    L_, S_ = 700, 900  # 700 query rows span two blocks of (R, S) scores of 2 MiB
+    q = random_array(rng, (2, 3, L_, D))
+    k, v = random_array(rng, (1, S_, D)), random_array(rng, (1, S_, DV))
+    grad_out = random_array(rng, (2, 3, L_, DV))
+    mask = None
+    if mask_kind == "batch array":
+        mask = rng.random((2, 1, L_, S_)) < 0.7
+        mask[0, 0, 5] = False  # a row that may attend to nothing: zero gradients
+    expected = backward64(q, k, v, grad_out, None if mask is None else np.broadcast_to(mask, (2, 3, L_, S_)), is_causal)
+    if mask is not None:
+        for grad in expected:  # torch gives NaN for a row with nothing allowed; the package gives zeros
+            np.nan_to_num(grad, copy=False)
+    assert fast_dense.rows_per_block(S_) < L_
+    fast_grads, reference_grads = both_paths(attention_backward, q, k, v, grad_out, mask, is_causal=is_causal)
+    for fast_grad, reference_grad, want, name in zip(fast_grads, reference_grads, expected, "qkv", strict=True):
+        assert fast_grad.shape == reference_grad.shape == want.shape, name
+        assert_close(fast_grad, want, what=f"d{name}, fast path")
+        assert_close(reference_grad, want, what=f"d{name}, reference path")

@@ -44,6 +44,7 @@ LAYERS = {
     "attn_course.fast.tile_masks": 6,
     "attn_course.fast.tiled": 6.5,
     "attn_course.fast.sparse": 6.5,
+    "attn_course.fast.backward": 2.5,  # the textbook backward on threads: dense.py and threads.py only
     "attn_course.tiled": 7,
     "attn_course.backward": 7.5,  # the backward pass: uses tiled attention's tile rules and the core
     "attn_course.sparse": 7,
