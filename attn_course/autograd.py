@@ -28,7 +28,6 @@ from torch import nn
 
 from .backward import tiled_attention_backward
 from .layouts import is_predicate
-from .multihead import merge_heads, split_heads
 from .tiled import tiled_attention
 from .torch_modules import MultiHeadAttention
 
@@ -121,19 +120,12 @@ class TiledSelfAttention(MultiHeadAttention):
     ``return_weights=True`` gives ``(out, None)``.
     """
 
-    def forward(self, query, key=None, value=None, mask=None, is_causal: bool = False, return_weights: bool = False):
-        key = query if key is None else key
-        value = key if value is None else value
-        for name, tensor in (("query", query), ("key", key), ("value", value)):
-            self._check_input(name, tensor)
-        if mask is not None and getattr(mask, "ndim", 0) == query.ndim > 2:
-            mask = mask[..., None, :, :]  # (..., 1, L, S): the sequence's mask, the same for every head
-        q = split_heads(self.query(query), self.num_heads)  # (..., h, L, d_head)
-        k = split_heads(self.key(key), self.num_heads)  # (..., h, S, d_head)
-        v = split_heads(self.value(value), self.num_heads)  # (..., h, S, d_head)
-        heads = attention(q, k, v, mask, is_causal=is_causal)  # (..., h, L, d_head)
-        out = self.out(merge_heads(heads))  # (..., L, d_model)
-        return (out, None) if return_weights else out
+    def attend(self, q, k, v, mask, is_causal: bool):
+        """The heads through ``attention``: ``(heads (..., h, L, d_head), None)``; the weights are never formed."""
+        groups = self.num_heads // self.num_kv_heads
+        if groups > 1:  # grouped-query heads: each key/value head serves `groups` query heads, in order
+            k, v = k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3)
+        return attention(q, k, v, mask, is_causal=is_causal), None
 
 
 def use_tiled_attention(model: nn.Module) -> nn.Module:
@@ -145,7 +137,9 @@ def use_tiled_attention(model: nn.Module) -> nn.Module:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, MultiHeadAttention) and not isinstance(child, TiledSelfAttention):
-                layer = TiledSelfAttention(child.d_model, child.num_heads, bias=child.query.bias is not None)
+                layer = TiledSelfAttention(
+                    child.d_model, child.num_heads, num_kv_heads=child.num_kv_heads, bias=child.query.bias is not None
+                )
                 layer.load_state_dict(child.state_dict())
                 first = next(child.parameters())
                 setattr(parent, name, layer.to(device=first.device, dtype=first.dtype))

@@ -54,6 +54,7 @@ from .backend import get_namespace
 from .fast import backward as fast_backward
 from .layouts import ElementMask
 from .softmax import masked_softmax
+from .tiled import tile_mask
 from .validation import (
     as_array,
     as_float_array,
@@ -171,12 +172,7 @@ def query_tiles(cols: slice, L: int, block_size: int, is_causal: bool, element_m
         rows = slice(start, min(L, start + block_size))
         if is_causal and rows.stop - 1 < cols.start:
             continue  # above the diagonal: no query of this tile may see these keys
-        allowed = None if element_mask is None else element_mask.tile(None, rows, cols)  # (..., R, C)
-        if is_causal and cols.stop - 1 > rows.start:  # the tile crosses the diagonal
-            i = xp.reshape(xp.arange(rows.start, rows.stop, device=device), (-1, 1))
-            j = xp.reshape(xp.arange(cols.start, cols.stop, device=device), (1, -1))
-            allowed = (j <= i) if allowed is None else allowed & (j <= i)
-        yield rows, allowed
+        yield rows, tile_mask(rows, cols, is_causal, element_mask, xp, device)
 
 
 def shaped_like(grads, inputs, dtype, xp):

@@ -52,7 +52,7 @@ from .fast import tiled as fast_tiled
 from .layouts import ElementMask
 from .validation import check_bool, check_int, check_qkv, check_scale, compute_dtype, is_numpy, shape_of
 
-__all__ = ["key_tiles", "online_softmax", "tiled_attention"]
+__all__ = ["key_tiles", "online_softmax", "tile_mask", "tiled_attention"]
 
 
 def tiled_attention(q, k, v, mask=None, *, is_causal=False, block_size=128, scale=None, return_lse=False):
@@ -110,12 +110,21 @@ def key_tiles(rows: slice, S: int, block_size: int, is_causal: bool, element_mas
         cols = slice(start, min(S, start + block_size))
         if is_causal and cols.start > rows.stop - 1:
             break  # this tile and the ones after it lie above the diagonal: nothing to compute
-        allowed = None if element_mask is None else element_mask.tile(None, rows, cols)  # (..., R, C)
-        if is_causal and cols.stop - 1 > rows.start:  # the tile crosses the diagonal
-            i = xp.reshape(xp.arange(rows.start, rows.stop, device=device), (-1, 1))
-            j = xp.reshape(xp.arange(cols.start, cols.stop, device=device), (1, -1))
-            allowed = (j <= i) if allowed is None else allowed & (j <= i)
-        yield cols, allowed
+        yield cols, tile_mask(rows, cols, is_causal, element_mask, xp, device)
+
+
+def tile_mask(rows: slice, cols: slice, is_causal: bool, element_mask, xp, device):
+    """The mask of the tile (rows, cols): ``element_mask``'s, AND ``j <= i`` where the tile crosses the diagonal.
+
+    None when every pair of the tile may attend. Shared by the forward's
+    ``key_tiles`` and the backward's ``query_tiles`` (``attn_course.backward``).
+    """
+    allowed = None if element_mask is None else element_mask.tile(None, rows, cols)  # (..., R, C)
+    if is_causal and cols.stop - 1 > rows.start:  # the tile crosses the diagonal
+        i = xp.reshape(xp.arange(rows.start, rows.stop, device=device), (-1, 1))
+        j = xp.reshape(xp.arange(cols.start, cols.stop, device=device), (1, -1))
+        allowed = (j <= i) if allowed is None else allowed & (j <= i)
+    return allowed
 
 
 def online_softmax(q_rows, k, v, tiles, xp, out_shape, return_lse=False):

@@ -142,11 +142,15 @@ class MultiHeadAttention(nn.Module):
         q = split_heads(self.query(query), self.num_heads)  # (..., h, L, d_head): what each position asks
         k = split_heads(self.key(key), self.num_kv_heads)  # (..., h_kv, S, d_head): what each key position offers
         v = split_heads(self.value(value), self.num_kv_heads)  # (..., h_kv, S, d_head)
-        heads, weights = scaled_dot_product_attention(
-            q, k, v, mask, is_causal=is_causal, return_weights=True, enable_gqa=self.num_kv_heads != self.num_heads
-        )
+        heads, weights = self.attend(q, k, v, mask, is_causal)  # (..., h, L, d_head), (..., h, L, S)
         out = self.out(merge_heads(heads))  # (..., L, d_model)
         return (out, weights) if return_weights else out
+
+    def attend(self, q, k, v, mask, is_causal: bool):
+        """The heads' attention: ``(heads (..., h, L, d_head), weights (..., h, L, S))``; subclasses may swap it."""
+        return scaled_dot_product_attention(
+            q, k, v, mask, is_causal=is_causal, return_weights=True, enable_gqa=self.num_kv_heads != self.num_heads
+        )
 
     def decode(self, x_new, cache: KVCache):
         """Causal self-attention for the next ``t`` positions ``x_new (..., t, d_model)``, earlier ones from ``cache``.

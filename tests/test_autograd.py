@@ -104,3 +104,17 @@ def test_bad_input_names_the_argument(qkv):
         attention(q, k, v, mask=np.ones((5, 7), dtype=bool))
     with pytest.raises(ValueError, match="q and k"):
         attention(q, k[..., :3], v)
+
+
+def test_tiled_layer_with_grouped_query_heads_matches_the_plain_layer():
+    from torch import nn as torch_nn
+
+    from attn_course.torch_modules import MultiHeadAttention as TorchMultiHeadAttention
+
+    torch.manual_seed(3)
+    plain = TorchMultiHeadAttention(12, 6, num_kv_heads=2).double()
+    holder = torch_nn.ModuleList([TorchMultiHeadAttention(12, 6, num_kv_heads=2).double()])
+    holder[0].load_state_dict(plain.state_dict())
+    use_tiled_attention(holder)
+    x = torch.randn(2, 7, 12, dtype=torch.float64)
+    torch.testing.assert_close(holder[0](x, is_causal=True), plain(x, is_causal=True), rtol=1e-10, atol=1e-12)
