@@ -211,9 +211,9 @@ class MultiHeadAttention:
 
     def _project(self, x, name: str, work, xp):
         """``x @ W_name + b_name`` in the dtype ``work``: (..., n, d_model) -> (..., n, width of W_name)."""
-        out = x @ xp.astype(getattr(self, f"W_{name}"), work)
+        out = x @ xp.astype(getattr(self, f"W_{name}"), work, copy=False)
         bias = getattr(self, f"b_{name}")
-        return out if bias is None else out + xp.astype(bias, work)
+        return out if bias is None else out + xp.astype(bias, work, copy=False)
 
     def __call__(self, query, key=None, value=None, mask=None, is_causal=False, return_weights=False):
         """Attend from ``query`` to ``key``/``value`` with every head.

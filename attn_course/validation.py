@@ -18,7 +18,7 @@ from .backend import get_namespace
 
 
 def shape_of(x) -> tuple[int, ...]:
-    return tuple(int(n) for n in x.shape)
+    return tuple(map(int, x.shape))
 
 
 def dtype_name(dtype) -> str:

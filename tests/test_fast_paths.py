@@ -145,6 +145,20 @@ def test_rows_that_overflow_or_underflow_are_redone(rng, is_causal):
     check_both(sparse_attention, (q, k, v), {"mask": window}, dense_attention64(q, k, v, window))
 
 
+def test_small_unmasked_problems_take_every_head_at_once(rng, monkeypatch):
+    """A decoding step (one query per head, a few hundred keys): one batched product, rows out of range redone."""
+    q, k, v = random_array(rng, (3, 5, 1, 16)), random_array(rng, (3, 5, 230, 16)), random_array(rng, (3, 5, 230, 12))
+    taken = []
+    batched = fast_dense.all_at_once
+    monkeypatch.setattr(fast_dense, "all_at_once", lambda *args: taken.append(batched(*args)) or taken[-1])
+    check_both(scaled_dot_product_attention, (q, k, v), {}, dense_attention64(q, k, v))
+    assert taken == [True]
+    q[1, 2] *= 80.0  # this head's scores overflow exp() without the max: the row-block path redoes the row
+    with np.errstate(over="raise", under="ignore", invalid="raise"):
+        check_both(scaled_dot_product_attention, (q, k, v), {}, dense_attention64(q, k, v))
+    assert taken == [True, False]
+
+
 def test_float16_and_float64_keep_their_dtype_on_both_paths(rng):
     for dtype in (np.float16, np.float64):
         q, k, v = (random_array(rng, shape, dtype) for shape in ((2, 200, 16), (2, 260, 16), (2, 260, 8)))

@@ -31,7 +31,14 @@ import numpy as np
 
 from .threads import batch_index_tuples, parallel_for
 
-__all__ = ["PARALLEL_MIN_PAIRS", "dense_attention", "rows_per_block", "rows_to_redo", "softmax_rows_into"]
+__all__ = [
+    "PARALLEL_MIN_PAIRS",
+    "all_at_once",
+    "dense_attention",
+    "rows_per_block",
+    "rows_to_redo",
+    "softmax_rows_into",
+]
 
 SCORE_BLOCK_BYTES = 2 * 1024 * 1024  # a block of scores that stays in cache
 PARALLEL_MIN_PAIRS = 1 << 20  # below this many (query, key) pairs in all, threads cost more than they save
@@ -151,9 +158,32 @@ def dense_attention(q, k, v, mask, is_causal: bool, scale: float, batch: tuple[i
         keys_t, values_rows = keys[index][:keys_end].T, values[index][:keys_end]  # (d, keys_end), (keys_end, dv)
         softmax_rows_into(q_rows, keys_t, values_rows, out[index][start:stop], masked_parts)
 
+    total_pairs = L * S * int(np.prod(batch, dtype=np.int64))
+    small = total_pairs < PARALLEL_MIN_PAIRS and masks is None and not is_causal
+    if small and all_at_once(queries, keys, values, scale, out):
+        return out  # a small unmasked problem (one decoding step): every head in one batched product
+
     jobs = [(index, start) for index in batch_index_tuples(batch) for start in range(0, L, block_rows)]
     if is_causal:  # the last rows see the most keys: hand them out first, so that no thread finishes alone
         jobs.sort(key=lambda item: -item[1])
-    total_pairs = L * S * int(np.prod(batch, dtype=np.int64))
     parallel_for(job, jobs, parallel=total_pairs >= PARALLEL_MIN_PAIRS)
     return out
+
+
+def all_at_once(queries, keys, values, scale, out) -> bool:
+    """``out[:] = softmax(queries keys^T * scale) values`` for every head in one batched product; NumPy, no mask.
+
+    queries: (..., L, d), keys: (..., S, d), values: (..., S, dv), out: (..., L, dv).
+    For small problems, where a Python loop over heads costs more than the
+    arithmetic (a decoding step: L = 1). Unshifted like ``softmax_rows_into``;
+    returns False, leaving ``out`` to be overwritten, when some row left the
+    safe range (the caller then takes the row-block path, which redoes such rows).
+    """
+    scores = (queries * np.asarray(scale, dtype=out.dtype)) @ np.swapaxes(keys, -1, -2)  # (..., L, S)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        np.exp(scores, out=scores)
+        totals = np.sum(scores, axis=-1, keepdims=True)  # (..., L, 1)
+        np.matmul(scores, values, out=out)  # (..., L, dv)
+        out /= totals
+    flat = out.reshape(-1, out.shape[-1])  # (rows, dv)
+    return rows_to_redo(totals.reshape(-1), flat).size == 0
