@@ -140,3 +140,43 @@ def test_batch_pads_and_shifts_the_target():
 def test_bad_input_is_refused_with_the_argument_named(call, error, names):
     with pytest.raises(error, match=names):
         call()
+
+
+# ---------------------------------------------------------------- the course's own text (lessons 09, 18, 19)
+
+
+def _lesson(path, *markdown_and_code):
+    import nbformat
+
+    cells = [nbformat.v4.new_markdown_cell(source) if kind == "md" else nbformat.v4.new_code_cell(source)
+             for kind, source in markdown_and_code]  # fmt: skip
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
+
+
+def test_the_snapshot_joins_the_markdown_of_lessons_00_to_08_in_order(tmp_path):
+    from attn_course.data.corpus import snapshot
+
+    for number in (3, 0, 8, 1, 2, 4, 5, 6, 7):  # written out of order: the lesson number orders them
+        _lesson(tmp_path / f"0{number}_lesson.ipynb", ("md", f"# lesson {number}"), ("code", "x = 1"),
+                ("md", f"end {number}"))  # fmt: skip
+    _lesson(tmp_path / "09_later.ipynb", ("md", "not part of it"))
+    expected = "\n\n".join(f"# lesson {n}\n\nend {n}" for n in range(9))
+    assert snapshot(tmp_path) == expected
+
+
+def test_the_snapshot_names_the_folder_when_lessons_are_missing(tmp_path):
+    from attn_course.data.corpus import snapshot
+
+    _lesson(tmp_path / "00_only.ipynb", ("md", "# one"))
+    with pytest.raises(FileNotFoundError, match=r"notebooks_dir must hold the lessons 00-08.*found 1"):
+        snapshot(tmp_path)
+
+
+def test_the_stored_text_is_lesson_prose():
+    from attn_course.data import course_text
+
+    text = course_text()
+    assert len(text) > 10_000
+    assert text.startswith("# 00 ")  # lesson 00's title cell comes first
+    for number in range(9):
+        assert f"# 0{number} " in text, f"lesson 0{number}'s title is missing from the stored text"
