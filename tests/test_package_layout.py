@@ -60,6 +60,7 @@ APPLICATION_PREFIXES = (
     "attn_course.data",
     "attn_course.viz",
     "attn_course.diagrams",
+    "attn_course.interactive",
     "attn_course.measure",
     "attn_course.bench",
     "attn_course.grading",
