@@ -13,7 +13,7 @@ One function per structure, each returning its matplotlib Figure:
 
 * ``weighted_sum`` (lessons 01, 03): one query's output as the weighted sum of value rows;
 * ``qkv_flow`` (lesson 03): x -> Q, K, V -> scores -> weights -> out, with every shape;
-* ``head_split`` (lesson 07): ``(L, h*dh) -> (h, L, dh)``: reshape + transpose beside the wrong bare reshape;
+* ``head_split`` (lesson 07): ``(L, h*d_head) -> (h, L, d_head)``: reshape + transpose beside the wrong bare reshape;
 * ``pre_post_ln`` (lesson 09): where the layer norms sit relative to the residual additions;
 * ``encoder_decoder`` (lesson 16): self-, causal and cross-attention, and the mask each one uses;
 * ``online_softmax_tiles`` (lesson 13): a block of score rows cut into key tiles, and what is kept per row;
@@ -448,7 +448,7 @@ def qkv_flow(L: int = 6, S: int = 6, d_model: int = 8, d: int = 4, dv: int = 4) 
 
 
 def head_split(L: int = 4, num_heads: int = 3, head_dim: int = 2) -> Figure:
-    """Splitting ``(L, h*dh)`` into heads ``(h, L, dh)``: reshape + transpose beside the wrong bare reshape.
+    """Splitting ``(L, h*d_head)`` into heads ``(h, L, d_head)``: reshape + transpose beside the wrong bare reshape.
 
     Each cell of ``x (L, h*dh)`` is coloured by the head its column belongs to
     (hue) and shaded by its position (the number written in it). The right
@@ -509,7 +509,7 @@ def head_split(L: int = 4, num_heads: int = 3, head_dim: int = 2) -> Figure:
     ax.text(
         in_x + in_w / 2,
         in_top + 0.12,
-        f"x\n{_shape('L, h·dh', (L, width_all))}",
+        f"x\n{_shape('L, h·d_head', (L, width_all))}",
         ha="center",
         va="bottom",
         fontsize=FONT,
@@ -520,12 +520,12 @@ def head_split(L: int = 4, num_heads: int = 3, head_dim: int = 2) -> Figure:
 
     panels_x = in_x + in_w + 1.5
     titles = {
-        upper_top: ("right: reshape to (L, h, dh) = " + f"({L}, {h}, {dh}), then transpose(1, 0, 2)", right, "#1a7f37"),
-        lower_top: ("WRONG: bare reshape to (h, L, dh), no transpose", wrong, HIGHLIGHT),
+        upper_top: (f"right: reshape to (L, h, d_head) = ({L}, {h}, {dh}), then transpose(1, 0, 2)", right, "#1a7f37"),
+        lower_top: ("WRONG: bare reshape to (h, L, d_head), no transpose", wrong, HIGHLIGHT),
     }
     for top, (title, heads, title_colour) in titles.items():
         ax.text(panels_x, top + 0.38, title, fontsize=FONT, color=title_colour, fontweight="bold", va="bottom")
-        ax.text(panels_x, top + 0.08, f"heads {_shape('h, L, dh', (h, L, dh))}", fontsize=SMALL, va="bottom")
+        ax.text(panels_x, top + 0.08, f"heads {_shape('h, L, d_head', (h, L, dh))}", fontsize=SMALL, va="bottom")
         for k in range(h):
             x = panels_x + k * (dh * cell + panel_gap)
             draw(x, top, heads[k], panel_head=k if heads is wrong else None)
@@ -536,7 +536,8 @@ def head_split(L: int = 4, num_heads: int = 3, head_dim: int = 2) -> Figure:
         ax,
         merge_x,
         upper_top - L * cell / 2,
-        f"merge: transpose(1, 0, 2),\nthen reshape to {_shape('L, h·dh', (L, width_all))}:\nx comes back cell for cell",
+        f"merge: transpose(1, 0, 2),\nthen reshape to {_shape('L, h·d_head', (L, width_all))}:"
+        "\nx comes back cell for cell",
     )
     _note(
         ax,
@@ -715,7 +716,7 @@ def encoder_decoder(  # noqa: PLR0915 (one drawing, step by step)
         colour=ROLE_COLOURS["value"],
     )
     _arrow(ax, src.bottom, enc.top)
-    _arrow(ax, enc.bottom, memory.top, "\N{MULTIPLICATION SIGN} N encoder layers", side="right")
+    _arrow(ax, enc.bottom, memory.top, "\N{MULTIPLICATION SIGN} n_layers encoder layers", side="right")
     thumbnail(
         enc_x + box_w + 0.35, self_y, encoder_mask, f"source padding\n{_shape('B, 1, S', (B, 1, S))}", "", "key j"
     )
@@ -1099,7 +1100,7 @@ def gpu_kernel_schedule(  # noqa: PLR0915 (one drawing, step by step)
     ax.text(
         gx,
         top + 0.12,
-        f"grid: {_shape('ceil(L/64), B·H', (query_tiles, batch_heads))}\nthread blocks",
+        f"grid: {_shape('ceil(L/64), B·h', (query_tiles, batch_heads))}\nthread blocks",
         fontsize=FONT,
         va="bottom",
     )

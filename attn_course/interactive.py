@@ -223,7 +223,8 @@ def mask_explorer(n: int = 16, pattern: str = "sliding window", window: int = 2)
         mask = _pattern_mask(pattern, n, window)  # (n, n) boolean
         figure = Figure(figsize=(4.6, 4.6), layout="constrained")
         ax = figure.add_subplot()
-        viz.plot_mask(mask, ax=ax, title=f"{pattern}, window {window}: {int(mask.sum())} of {n * n} pairs")
+        setting = "" if pattern == "causal" else f", w = {window}"
+        viz.plot_mask(mask, ax=ax, title=f"{pattern}{setting}: {int(mask.sum())} of {n * n} pairs")
         return figure
 
     return Explorer(

@@ -64,9 +64,9 @@ CASES = {
     ),
     "head_split": (
         {"L": 5, "num_heads": 3, "head_dim": 2},
-        ["(L, h·dh) = (5, 6)", "(h, L, dh) = (3, 5, 2)", "(L, h, dh) = (5, 3, 2)", "WRONG", "head 2"],
+        ["(L, h·d_head) = (5, 6)", "(h, L, d_head) = (3, 5, 2)", "(L, h, d_head) = (5, 3, 2)", "WRONG", "head 2"],
         {"L": 4, "num_heads": 2, "head_dim": 3},
-        ["(L, h·dh) = (4, 6)", "(h, L, dh) = (2, 4, 3)", "(L, h, dh) = (4, 2, 3)"],
+        ["(L, h·d_head) = (4, 6)", "(h, L, d_head) = (2, 4, 3)", "(L, h, d_head) = (4, 2, 3)"],
     ),
     "pre_post_ln": (
         {"L": 5, "d_model": 12, "d_ff": 48, "num_heads": 3},
@@ -107,9 +107,9 @@ CASES = {
     ),
     "gpu_kernel_schedule": (
         {"L": 256, "S": 320, "batch_heads": 3, "head_dim": 64},
-        ["(ceil(L/64), B·H) = (4, 3)", "(S, d) = (320, 64)", "128 threads", "4 warps", "rows 48..63", "float16"],
+        ["(ceil(L/64), B·h) = (4, 3)", "(S, d) = (320, 64)", "128 threads", "4 warps", "rows 48..63", "float16"],
         {"L": 128, "S": 128, "batch_heads": 5, "head_dim": 128, "dtype": "float32"},
-        ["(ceil(L/64), B·H) = (2, 5)", "(S, d) = (128, 128)", "256 threads", "8 warps", "rows 56..63", "float32"],
+        ["(ceil(L/64), B·h) = (2, 5)", "(S, d) = (128, 128)", "256 threads", "8 warps", "rows 56..63", "float32"],
     ),
     "kv_cache": (
         {"prompt": 4, "new_tokens": 3, "d": 5, "dv": 6},
