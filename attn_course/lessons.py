@@ -20,15 +20,16 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-REPO = Path(__file__).resolve().parents[1]
-LESSONS_DIR = REPO / "notebooks"
+from .grading import course_paths
+
 CELL_TIMEOUT_SECONDS = 120  # as nbval's --nbval-cell-timeout in the Makefile
 
 __all__ = ["execute_notebook", "lesson_paths", "main", "render_line", "render_streams"]
 
 
-def lesson_paths(folder: Path = LESSONS_DIR) -> list[Path]:
-    """The lesson notebooks ``NN_topic.ipynb`` of ``folder``, in lesson order."""
+def lesson_paths(folder=None) -> list[Path]:
+    """The lesson notebooks ``NN_topic.ipynb`` of ``folder`` (default: the course's ``notebooks/``), in order."""
+    folder = course_paths.notebooks_dir(folder)
     return sorted(path for path in Path(folder).glob("[0-9][0-9]_*.ipynb"))
 
 
@@ -94,11 +95,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attn_course.lessons", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="*", type=Path, help="notebooks to run (default: every lesson)")
     parser.add_argument("--write", action="store_true", help="store the executed notebooks (outputs) in place")
+    parser.add_argument("--notebooks", type=Path, help="the lessons' folder (default: notebooks/ of the course)")
     args = parser.parse_args(argv)
-    paths = args.paths or lesson_paths()
-    if not paths:
-        print(f"no lesson notebooks in {LESSONS_DIR}")
-        return 0
+    if args.paths:
+        paths = args.paths
+    else:
+        folder = course_paths.or_usage_error(parser, course_paths.notebooks_dir, args.notebooks)
+        paths = lesson_paths(folder)
+        if not paths:
+            print(f"no lesson notebooks in {folder}")
+            return 0
     for path in paths:
         seconds = execute_notebook(path, write=args.write)
         print(f"{path.name:55s} {seconds:7.1f} s{'  (written)' if args.write else ''}", flush=True)

@@ -7,13 +7,15 @@ output, no stray errors, the course's kernel, and (from lesson 01 on) a figure.
 """
 
 import re
+from pathlib import Path
 
 import nbformat
 import pytest
 
-from attn_course.lessons import LESSONS_DIR, lesson_paths
+from attn_course.lessons import lesson_paths
 
-LESSONS = lesson_paths()
+LESSONS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+LESSONS = lesson_paths(LESSONS_DIR)
 
 
 def code_cells(notebook):
