@@ -33,6 +33,7 @@ MASTER_06 = "06_masking.ipynb"
 MASTER_07 = "07_multi_head_attention.ipynb"
 MASTER_16 = "16_application_translation.ipynb"
 CELL_TIMEOUT = 5
+SEED = 20240615  # the secret cases' seed: fixed, so that the expected scores below hold on every run
 MASTERS = assign.find_masters()
 
 # --------------------------------------------------------------------------- answers
@@ -839,7 +840,7 @@ def run_batch(root: Path) -> None:
     out, gradebook = root / "report.json", root / "grades.csv"
     command = [sys.executable, "-m", "attn_course.grade", str(folder), "--jobs", "2"]
     command += ["--out", str(out), "--csv", str(gradebook), "--cell-timeout", str(CELL_TIMEOUT)]
-    command += ["--timeout", "60", "--memory-mb", "1024", "--max-size-mb", "1"]
+    command += ["--timeout", "60", "--memory-mb", "1024", "--max-size-mb", "1", "--seed", str(SEED)]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     run = {"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
@@ -929,10 +930,14 @@ def test_memory_bomb_hits_the_limit(batch):
 
 def test_monkeypatching_inside_the_kernel_earns_nothing(batch):
     report = report_for(batch, "adv_monkeypatch")
+    status, text = statuses(report), outputs(report)
     assert report["score"] == 0
-    assert set(statuses(report).values()) == {"error"}
-    assert "was check() replaced?" in outputs(report)["softmax: rows"]
-    assert "only numbers and booleans" in outputs(report)["masked_softmax: some_masked"]  # the forged pickles
+    # the answer that replaces check() imports attn_course.grading, the forger reads os.environ: both refused
+    assert {status[f"softmax: {case}"] for case in ("rows", "batched", "large_scores", "float64_input")} == {"refused"}
+    assert "imports attn_course.grading" in text["softmax: rows"]
+    assert all(s == "refused" for test, s in status.items() if test.startswith("masked_softmax"))
+    assert "environ" in text["masked_softmax: some_masked"]
+    assert all(s == "failed" for test, s in status.items() if test.startswith("softmax_with_temperature"))
 
 
 def test_tampered_cells_are_restored_and_reported(batch):
@@ -990,7 +995,7 @@ def test_no_test_ever_passes_without_its_points_or_the_reverse(batch):
     for report in batch["document"]["submissions"].values():
         assert report["score"] == sum(test["score"] for test in report["tests"])
         for test in report["tests"]:
-            assert test["status"] in {"passed", "failed", "not_attempted", "timeout", "error"}
+            assert test["status"] in {"passed", "failed", "not_attempted", "timeout", "error", "refused"}
             assert test["score"] == (test["max_score"] if test["status"] == "passed" else 0)
             assert set(test) == {"name", "score", "max_score", "status", "output"}
 

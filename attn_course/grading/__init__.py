@@ -18,8 +18,26 @@ Its parts, from the learner's notebook to the instructor's gradebook:
 
 Importing this package loads only the self-check and what it needs (not
 nbformat or the kernel machinery), so a notebook's setup cell stays fast.
+In a grading kernel (``ATTN_COURSE_RECORD_DIR`` set) it loads only the
+recorder (``recorder``): ``check`` records, the specs are never imported
+(the kernel cannot import them at all, see ``sandbox``).
 """
 
-from .selfcheck import RECORD_DIR_VARIABLE, CheckFailed, CheckSummary, check, test_inputs
+import os
+
+from .recorder import RECORD_DIR_VARIABLE
+
+if os.environ.get(RECORD_DIR_VARIABLE):
+    from .recorder import check, test_inputs
+else:
+    from .selfcheck import CheckFailed, CheckSummary, check, test_inputs
 
 __all__ = ["RECORD_DIR_VARIABLE", "CheckFailed", "CheckSummary", "check", "test_inputs"]
+
+
+def __getattr__(name):  # the self-check's classes, on demand (not in a grading kernel)
+    if name in ("CheckFailed", "CheckSummary"):
+        from . import selfcheck
+
+        return getattr(selfcheck, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

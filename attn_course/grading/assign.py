@@ -3,6 +3,10 @@
     python -m attn_course.assign                 # (re)write exercises/ from solutions/
     python -m attn_course.assign --check         # regenerate into a temporary folder; exit 1 on any difference
     python -m attn_course.assign --solutions DIR --exercises DIR
+    python -m attn_course.assign --gradescope 02 --out DIR   # Gradescope's autograder for exercise 02
+
+Without options, solutions/ and exercises/ are those of the course folder the command runs in (or one of
+its parents; see ``course_paths``), so the command works from an installed package too.
 
 A master ``solutions/NN_topic.ipynb`` is the one source of truth. Its code
 cells carry metadata under the key ``attn_course``:
@@ -45,6 +49,7 @@ from pathlib import Path
 
 import nbformat
 
+from . import course_paths
 from .specs import EXERCISES
 
 __all__ = [
@@ -364,27 +369,55 @@ def check_exercises(solutions_dir=SOLUTIONS_DIR, exercises_dir=EXERCISES_DIR) ->
     return differences
 
 
+def _write_gradescope(number: str, solutions: Path, out: Path) -> int:
+    """``--gradescope NN --out DIR``: the autograder bundle of one exercise (``attn_course.grading.gradescope``)."""
+    from .gradescope import master_for, write_bundle
+
+    try:
+        master = master_for(number, solutions)
+        write_bundle(master, out)
+    except (ValueError, AssignError) as err:
+        print(err, file=sys.stderr)
+        return 2
+    print(f"wrote Gradescope's autograder for {master.stem} to {out}: zip the folder's contents and upload them")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attn_course.assign", description=__doc__.splitlines()[0])
-    parser.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR, help="folder of masters (default: solutions/)")
     parser.add_argument(
-        "--exercises", type=Path, default=EXERCISES_DIR, help="folder to write the exercises to (default: exercises/)"
+        "--solutions", type=Path, help="folder of masters (default: solutions/ of the course folder you are in)"
+    )
+    parser.add_argument(
+        "--exercises", type=Path, help="folder to write the exercises to (default: exercises/ of the course folder)"
     )
     parser.add_argument(
         "--check", action="store_true", help="write nothing; exit 1 if exercises/ differs from a fresh build"
     )
+    parser.add_argument("--gradescope", metavar="NN", help="write Gradescope's autograder for exercise NN (see --out)")
+    parser.add_argument("--out", type=Path, help="the folder --gradescope writes the autograder's files to")
     args = parser.parse_args(argv)
+    if (args.gradescope is None) != (args.out is None):
+        parser.error("--gradescope NN and --out DIR go together")
+    try:
+        solutions = course_paths.solutions_dir(args.solutions)
+        if args.gradescope is not None:
+            return _write_gradescope(args.gradescope, solutions, args.out)
+        exercises = course_paths.exercises_dir(args.exercises, must_exist=args.check)
+    except course_paths.CoursePathError as err:
+        print(err, file=sys.stderr)
+        return 2
     try:
         if args.check:
-            differences = check_exercises(args.solutions, args.exercises)
+            differences = check_exercises(solutions, exercises)
             for line in differences:
                 print(line, file=sys.stderr)
             if differences:
                 print("run `python -m attn_course.assign` to regenerate the exercises", file=sys.stderr)
                 return 1
-            print(f"{args.exercises}: up to date with {args.solutions}")
+            print(f"{exercises}: up to date with {solutions}")
             return 0
-        for path in assign(args.solutions, args.exercises):
+        for path in assign(solutions, exercises):
             print(f"wrote {path}")
         return 0
     except AssignError as err:

@@ -39,16 +39,23 @@ see the instructor guide in exercises/README.md for grades that matter.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
+import io
 import json
 import multiprocessing
+import os
 import re
+import secrets
+import signal
+import stat
 import sys
 import tempfile
 import threading
 import time
 import traceback
+import unicodedata
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -60,16 +67,21 @@ import nbformat
 from tqdm import tqdm
 
 from .. import __version__
+from . import course_paths
+from .answer_scan import bound_names, package_names, scan_answers, used_names
 from .assign import MASTER_NAME, META_KEY, SOLUTIONS_DIR, AssignError, Master, build_exercise, read_master
 from .judge import Verdict, judge
-from .result_files import RecordError, read_result, write_inputs
-from .sandbox import Limits, RunLog, run_notebook
+from .processes import children, harden_grader, kill_leftovers
+from .result_files import RecordError, read_result, set_aside, write_inputs
+from .sandbox import CellHooks, Limits, RunLog, run_notebook
 from .specs import get_exercise
 
 __all__ = ["GRADER_VERSION", "Options", "grade_many", "grade_submission", "main"]
 
-GRADER_VERSION = f"attn_course {__version__}, grader 1"
+GRADER_VERSION = f"attn_course {__version__}, grader 2"
 DEFAULT_MAX_MB = 10.0
+MAX_CELLS = 300  # cells in a submitted notebook
+VALIDATION_SECONDS = 20.0  # reading and checking one file against the notebook schema
 _kernels_started_here = False  # set once this process has run a kernel (zmq state that fork must not copy)
 
 
@@ -81,6 +93,9 @@ class Options:
     master: str | None = None
     max_bytes: int = int(DEFAULT_MAX_MB * 2**20)
     limits: Limits = field(default_factory=Limits)
+    seed: int | None = None  # the secret cases' seed (None: a random one per submission, in its report)
+    max_cells: int = MAX_CELLS
+    validation_seconds: float = VALIDATION_SECONDS
 
 
 class SubmissionError(Exception):
@@ -94,35 +109,72 @@ def _file_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_submission(path: Path, max_bytes: int) -> tuple[bytes, nbformat.NotebookNode]:
+@contextlib.contextmanager
+def _time_limit(seconds: float, what: str):
+    """Raise :class:`SubmissionError` if the block runs longer than ``seconds`` (main thread only, else unbounded)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SubmissionError(f"{what} took more than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def read_submission(path: Path, max_bytes: int, max_cells: int = MAX_CELLS, seconds: float = VALIDATION_SECONDS):
     """The file's bytes and its notebook; :class:`SubmissionError` when it is not a valid notebook."""
-    if not path.is_file():
-        raise SubmissionError(f"{path} is not a file")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise SubmissionError(f"the file is {size / 2**20:.1f} MB, more than the {max_bytes / 2**20:g} MB allowed")
-    data = path.read_bytes()[: max_bytes + 1]
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        raise SubmissionError(f"the file cannot be opened ({err.strerror})") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat_is_regular(info):
+            raise SubmissionError("not a regular file")
+        if info.st_size > max_bytes:
+            raise SubmissionError(
+                f"the file is {info.st_size / 2**20:.1f} MB, more than the {max_bytes / 2**20:g} MB allowed"
+            )
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise SubmissionError(f"the file is more than the {max_bytes / 2**20:g} MB allowed")
     if not data.strip():
         raise SubmissionError("the file is empty")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise SubmissionError("the file is not text (UTF-8): not a notebook") from None
-    try:
-        raw = json.loads(text)
-    except (ValueError, RecursionError) as err:
-        raise SubmissionError(f"the file is not JSON, so not a notebook ({str(err)[:200]})") from None
-    if not isinstance(raw, dict) or "cells" not in raw or "nbformat" not in raw:
-        raise SubmissionError("the file is JSON but not a notebook (no 'cells' or 'nbformat')")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            notebook = nbformat.reads(text, as_version=4)
-            nbformat.validate(notebook)
-    except Exception as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SubmissionError(f"the notebook does not follow the notebook format: {first_line[:300]}") from None
+    with _time_limit(seconds, "reading the notebook"):
+        try:
+            raw = json.loads(text)
+        except (ValueError, RecursionError) as err:
+            raise SubmissionError(f"the file is not JSON, so not a notebook ({str(err)[:200]})") from None
+        if not isinstance(raw, dict) or "cells" not in raw or "nbformat" not in raw:
+            raise SubmissionError("the file is JSON but not a notebook (no 'cells' or 'nbformat')")
+        if isinstance(raw["cells"], list) and len(raw["cells"]) > max_cells:
+            raise SubmissionError(f"the notebook has {len(raw['cells'])} cells, more than the {max_cells} allowed")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                notebook = nbformat.reads(text, as_version=4)
+                nbformat.validate(notebook)
+        except SubmissionError:
+            raise
+        except Exception as err:
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise SubmissionError(f"the notebook does not follow the notebook format: {first_line[:300]}") from None
     return data, notebook
+
+
+def stat_is_regular(info) -> bool:
+    return stat.S_ISREG(info.st_mode)
 
 
 @lru_cache(maxsize=32)
@@ -134,30 +186,60 @@ def load_master(path: Path) -> Master:
     return _master_at(path, path.stat().st_mtime)
 
 
-def find_master(notebook, path: Path, options: Options) -> Path:
-    """The master that ``notebook`` was generated from (see the module docstring for the order)."""
-    folder = Path(options.solutions)
-    if options.master:
-        named = Path(options.master)
-        candidate = named if named.suffix == ".ipynb" else folder / f"{options.master}.ipynb"
-        if not candidate.is_file():
-            raise SubmissionError(f"--master {options.master}: no master notebook at {candidate}")
-        return candidate
+def _named_master(notebook, folder: Path) -> Path | None:
     meta = notebook.metadata.get(META_KEY, {})
     name = meta.get("master") if isinstance(meta, dict) else None
     if isinstance(name, str) and MASTER_NAME.fullmatch(name) and (folder / f"{name}.ipynb").is_file():
         return folder / f"{name}.ipynb"
+    return None
+
+
+def _master_by_file_name(path: Path, folder: Path) -> Path | None:
     masters = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
     for master in masters:
         if master.stem in path.stem:
             return master
     numbers = set(re.findall(r"(?<!\d)(\d\d)(?!\d)", path.stem))
     matching = [master for master in masters if master.stem[:2] in numbers]
-    if len(matching) == 1:
-        return matching[0]
+    return matching[0] if len(matching) == 1 else None
+
+
+def find_master(notebook, path: Path, options: Options) -> Path:
+    """The master that ``notebook`` was generated from (see the module docstring for the order).
+
+    A notebook whose metadata names another master than ``--master`` is refused (exercise 10 handed in as 03
+    never grades against 03).
+    """
+    folder = Path(options.solutions)
+    named = _named_master(notebook, folder)
+    if options.master:
+        forced = Path(options.master)
+        candidate = forced if forced.suffix == ".ipynb" else folder / f"{options.master}.ipynb"
+        if not candidate.is_file():
+            raise SubmissionError(f"--master {options.master}: no master notebook at {candidate}")
+        if named is not None and named.stem != candidate.stem:
+            why = f"the notebook is exercise {named.stem} (its metadata), not --master {candidate.stem}"
+            raise SubmissionError(why)
+        return candidate
+    if named is not None:
+        return named
+    by_name = _master_by_file_name(path, folder)
+    if by_name is not None:
+        return by_name
     raise SubmissionError(
         "cannot tell which exercise this is: the notebook has no attn_course.master metadata and its file "
         f"name names no master in {folder}; pass --master NN_topic"
+    )
+
+
+def _belongs_to(master: Master, submission) -> bool:
+    """Whether any answer or test cell of ``master`` is in ``submission`` (by grade_id or cell id; every
+    exercise has a cell called ``setup``, so locked cells prove nothing)."""
+    own = [cell for cell in master.cells if cell.kind != "locked"]
+    grade_ids = {cell.grade_id for cell in own}
+    cell_ids = {cell.cell_id for cell in own}
+    return any(
+        _student_meta(cell).get("grade_id") in grade_ids or cell.get("id") in cell_ids for cell in submission.cells
     )
 
 
@@ -256,33 +338,110 @@ def _missing_verdict(exercise, case, outcome) -> Verdict:
     return Verdict(exercise.name, case.name, case.about, status, case.points, detail=message)
 
 
-def collect_tests(master: Master, log: RunLog, record_dir: Path, args_by_case: dict) -> list[dict]:
-    """One Gradescope test entry per case of every test cell, judged here."""
+def secret_seed(seed: int, sha256: str, exercise: str, case: str) -> int:
+    """The seed of one secret case: from the batch's seed and the submission's hash (classmates differ)."""
+    digest = hashlib.sha256(f"{seed}:{sha256}:{exercise}:{case}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+@dataclass
+class Plan:
+    """What the grader asks of the kernel: per exercise, the records to make and their arguments (secret)."""
+
+    args: dict[tuple[str, str], tuple] = field(default_factory=dict)  # (exercise, record name) -> arguments
+    records: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (exercise, case) -> record names
+
+
+def plan_cases(master: Master, seed: int, sha256: str) -> Plan:
+    """Each case of every test cell drawn anew from ``seed`` (same shapes and kinds), and its hidden edge cases."""
+    plan = Plan()
+    for test_cell in master.test_cells():
+        exercise = get_exercise(test_cell.exercise)
+        for case in exercise.cases:
+            names = [case.name]
+            plan.args[exercise.name, case.name] = case.args(secret_seed(seed, sha256, exercise.name, case.name))
+            for hidden in exercise.hidden.get(case.name, ()):
+                plan.args[exercise.name, hidden.name] = hidden.args(
+                    secret_seed(seed, sha256, exercise.name, hidden.name)
+                )
+                names.append(hidden.name)
+            plan.records[exercise.name, case.name] = names
+    return plan
+
+
+class Collector(CellHooks):
+    """Clears an exercise's results before its test cell and reads them right after it, into this process:
+    what the kernel writes at any other time is never read."""
+
+    def __init__(self, master: Master, record_dir: Path, plan: Plan):
+        self.record_dir = record_dir
+        self.plan = plan
+        self.exercise_at = {cell.index: cell.exercise for cell in master.test_cells()}
+        self.results: dict[tuple[str, str], object] = {}
+
+    def before(self, index: int) -> None:
+        if index in self.exercise_at:
+            set_aside(self.record_dir, self.exercise_at[index])
+
+    def after(self, index: int) -> None:
+        exercise = self.exercise_at.get(index)
+        if exercise is None:
+            return
+        for (name, record), _ in self.plan.args.items():
+            if name != exercise:
+                continue
+            try:
+                self.results[name, record] = read_result(self.record_dir, name, record)
+            except RecordError as err:
+                self.results[name, record] = err
+        set_aside(self.record_dir, exercise)
+
+
+def _entry(verdict: Verdict) -> dict:
+    return {
+        "name": verdict.name,
+        "score": verdict.points,
+        "max_score": verdict.max_points,
+        "status": verdict.status,
+        "output": verdict.text(),
+    }
+
+
+def _verdict_on(exercise, case, result, args, outcome) -> Verdict:
+    if isinstance(result, RecordError):
+        detail = f"unreadable result: {result}"
+        return Verdict(exercise.name, case.name, case.about, "error", case.points, detail=detail)
+    if result is None:
+        return _missing_verdict(exercise, case, outcome)
+    return judge(exercise, case, result, args)
+
+
+def collect_tests(master: Master, log: RunLog, results: dict, plan: Plan, refused: dict[str, str]) -> list[dict]:
+    """One Gradescope test entry per case of every test cell, judged here from the results collected in this
+    process. ``refused``: exercise -> why its answer was refused (its tests score 0)."""
     tests = []
     for test_cell in master.test_cells():
         exercise = get_exercise(test_cell.exercise)
         outcome = log.cells.get(test_cell.index)
         for case in exercise.cases:
-            try:
-                result = read_result(record_dir, exercise.name, case.name)
-            except RecordError as err:
-                verdict = Verdict(
-                    exercise.name, case.name, case.about, "error", case.points, detail=f"unreadable result: {err}"
-                )
-            else:
-                if result is None:
-                    verdict = _missing_verdict(exercise, case, outcome)
-                else:
-                    verdict = judge(exercise, case, result, args_by_case[exercise.name, case.name])
-            tests.append(
-                {
-                    "name": verdict.name,
-                    "score": verdict.points,
-                    "max_score": verdict.max_points,
-                    "status": verdict.status,
-                    "output": verdict.text(),
-                }
-            )
+            if exercise.name in refused:
+                detail = f"refused: {refused[exercise.name]}"
+                verdict = Verdict(exercise.name, case.name, case.about, "refused", case.points, detail=detail)
+                tests.append(_entry(verdict))
+                continue
+            key = (exercise.name, case.name)
+            verdict = _verdict_on(exercise, case, results.get(key), plan.args[key], outcome)
+            if verdict.status == "passed":
+                for hidden in exercise.hidden.get(case.name, ()):
+                    key = (exercise.name, hidden.name)
+                    check = _verdict_on(exercise, hidden, results.get(key), plan.args[key], outcome)
+                    if check.status != "passed":
+                        detail = f"a hidden test of this case failed ({hidden.about}): " + " ".join(check.details())
+                        verdict = Verdict(
+                            exercise.name, case.name, case.about, check.status, case.points, detail=detail[:1500]
+                        )
+                        break
+            tests.append(_entry(verdict))
     return tests
 
 
@@ -310,37 +469,97 @@ def _report(path, status, score, max_score, tests, output, extra, seconds) -> di
     }
 
 
+_FORBIDDEN: dict[str, frozenset] = {}
+
+
+def _forbidden_names(master: Master) -> frozenset:
+    """Names the master's locked cells bind from ``attn_course`` that its own answers never use."""
+    if master.sha256 in _FORBIDDEN:
+        return _FORBIDDEN[master.sha256]
+    locked = [cell.source for cell in master.cells if cell.kind != "solution"]
+    answers = [cell.source for cell in master.cells if cell.kind == "solution"]
+    allowed = set().union(set(), *(used_names(source) for source in answers))
+    _FORBIDDEN[master.sha256] = frozenset(package_names(locked) - allowed)
+    return _FORBIDDEN[master.sha256]
+
+
+def scan(master: Master, rebuilt: Rebuilt) -> dict[str, str]:
+    """Scan the learner's answer cells; put the stub back in each flagged one. Returns exercise -> reason."""
+    stubs = build_exercise(master)
+    answers = {
+        cell.grade_id: rebuilt.notebook.cells[cell.index].source for cell in master.cells if cell.kind == "solution"
+    }
+    flagged = scan_answers(answers, _forbidden_names(master))
+    refused_functions: dict[str, str] = {}
+    for cell in master.cells:
+        if cell.grade_id in flagged:
+            reason = f"answer cell {cell.grade_id!r} " + "; ".join(flagged[cell.grade_id][:3])
+            rebuilt.notes.append(reason + ": not run, its tests score 0")
+            for name in bound_names(answers[cell.grade_id]) | {cell.grade_id}:
+                refused_functions.setdefault(name, reason)
+            rebuilt.notebook.cells[cell.index].source = stubs.cells[cell.index].source
+    refused = {}
+    for test_cell in master.test_cells():
+        exercise = get_exercise(test_cell.exercise)
+        reason = refused_functions.get(exercise.function) or refused_functions.get(exercise.name)
+        if reason:
+            refused[exercise.name] = reason
+    return refused
+
+
+_hardening: list[str] | None = None
+
+
+def _run_and_judge(master: Master, rebuilt: Rebuilt, plan: Plan, refused: dict, limits: Limits):
+    """Run the rebuilt notebook in a fresh folder, collect each test cell's results, kill what the kernel left
+    behind, and judge: ``(tests, log)``."""
+    with tempfile.TemporaryDirectory(prefix="attn_grade_") as scratch:
+        workdir, record_dir = Path(scratch) / "work", Path(scratch) / "record"
+        workdir.mkdir()
+        record_dir.mkdir()
+        for test_cell in master.test_cells():
+            name = test_cell.exercise
+            write_inputs(record_dir, name, {record: args for (ex, record), args in plan.args.items() if ex == name})
+        collector = Collector(master, record_dir, plan)
+        before = children()
+        try:
+            log = run_notebook(rebuilt.notebook, workdir, record_dir, limits, collector)
+        finally:
+            killed = kill_leftovers(before)
+        if killed:
+            log.notes.append(f"{killed} process(es) the kernel left running were killed")
+        return collect_tests(master, log, collector.results, plan, refused), log
+
+
 def grade_submission(path, options: Options | None = None) -> dict:
     """Grade one notebook file; always returns a report, whatever the file holds."""
-    global _kernels_started_here  # noqa: PLW0603 (a fact about this process)
+    global _kernels_started_here, _hardening  # noqa: PLW0603 (facts about this process)
     options = options or Options()
     path = Path(path)
     started = time.monotonic()
-    extra = {"sha256": None, "master": None, "master_sha256": None, "tampering": [], "notes": []}
+    if _hardening is None:
+        _hardening = harden_grader()
+    seed = options.seed if options.seed is not None else secrets.randbits(63)
+    extra = {"sha256": None, "master": None, "master_sha256": None, "seed": seed, "tampering": [], "notes": []}
     max_score = 0.0
     try:
-        data, submission = read_submission(path, options.max_bytes)
+        data, submission = read_submission(path, options.max_bytes, options.max_cells, options.validation_seconds)
         extra["sha256"] = _file_hash(data)
         master = load_master(find_master(submission, path, options))
         extra.update(master=master.name, master_sha256=master.sha256)
         max_score = master.max_score
+        if not _belongs_to(master, submission):
+            raise SubmissionError(f"none of its cells belongs to exercise {master.name}: is it another exercise?")
+        by_name = _master_by_file_name(path, Path(options.solutions))
         rebuilt = rebuild(master, submission)
+        if by_name is not None and by_name.stem != master.name:
+            rebuilt.notes.append(f"the file name suggests {by_name.stem}, but the notebook is {master.name}")
+        refused = scan(master, rebuilt)
         extra.update(tampering=rebuilt.tampering, notes=rebuilt.notes)
-        with tempfile.TemporaryDirectory(prefix="attn_grade_") as scratch:
-            workdir, record_dir = Path(scratch) / "work", Path(scratch) / "record"
-            workdir.mkdir()
-            record_dir.mkdir()
-            args_by_case = {}
-            for test_cell in master.test_cells():
-                exercise = get_exercise(test_cell.exercise)
-                cases = {case.name: case.args() for case in exercise.cases}
-                write_inputs(record_dir, exercise.name, cases)
-                # the grader judges against its own copy of the inputs, never against files the kernel could touch
-                args_by_case.update({(exercise.name, case.name): case.args() for case in exercise.cases})
-            _kernels_started_here = True
-            log = run_notebook(rebuilt.notebook, workdir, record_dir, options.limits)
-            tests = collect_tests(master, log, record_dir, args_by_case)
-        extra["notes"] = rebuilt.notes + log.notes
+        plan = plan_cases(master, seed, extra["sha256"])
+        _kernels_started_here = True
+        tests, log = _run_and_judge(master, rebuilt, plan, refused, options.limits)
+        extra["notes"] = rebuilt.notes + log.notes + list(_hardening)
         score = sum(test["score"] for test in tests)
         output = _summary(score, max_score, tests, rebuilt.tampering, extra["notes"])
         return _report(path, "graded", score, max_score, tests, output, extra, time.monotonic() - started)
@@ -426,35 +645,116 @@ def grade_many(paths: list[Path], options: Options, jobs: int = 1, progress: boo
     return {path: results[path] for path in paths}
 
 
-def write_gradebook(reports: dict[Path, dict], target: Path) -> None:
-    """A CSV gradebook: one row per submission, one column per test, hashes and the grader's version."""
+# --------------------------------------------------------------------------- the gradebook
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def clean_text(text, limit: int = 300) -> str:
+    """``text`` safe for a terminal and a spreadsheet: no control or format characters (a newline or an escape
+    cannot fake a line), no formula (a leading ``= + - @`` gets a quote), at most ``limit`` characters."""
+    flat = str(text).replace("\n", " ")
+    text = "".join(char if unicodedata.category(char)[0] != "C" else "?" for char in flat)[:limit]
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def report_name(report: dict) -> str:
+    """The file name of a learner's own JSON report: the submission's file name (cleaned) and its SHA-256."""
+    extra = report["extra_data"]
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(extra["submission"]).stem).strip("._")[:80] or "submission"
+    return f"{stem}-{(extra.get('sha256') or 'unreadable')[:16]}.json"
+
+
+def flag_duplicates(reports: dict[Path, dict]) -> None:
+    """Note, in each report, the other submissions of the batch whose file has the same SHA-256."""
+    by_hash: dict[str, list[Path]] = {}
+    for path, report in reports.items():
+        sha = report["extra_data"].get("sha256")
+        if sha:
+            by_hash.setdefault(sha, []).append(path)
+    for paths in by_hash.values():
+        for path in paths if len(paths) > 1 else ():
+            others = ", ".join(clean_text(other.name, 80) for other in paths if other != path)
+            reports[path]["extra_data"]["duplicate_of"] = [str(other) for other in paths if other != path]
+            reports[path]["extra_data"].setdefault("notes", []).append(f"the same file as {others}")
+
+
+def write_atomically(target: Path, text: str) -> None:
+    """Write ``text`` to a fresh temporary file beside ``target``, then rename it into place (a planted link,
+    pipe or half-written file at ``target`` is replaced, never followed)."""
+    target = Path(target)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def gradebook_text(reports) -> str:
+    """The CSV gradebook of ``reports`` (submission -> report): one row per submission, one column per test,
+    the learner's file name, hashes, seed and the grader's version; every cell cleaned (:func:`clean_text`)."""
+    reports = list(reports.values()) if isinstance(reports, dict) else list(reports)
     test_names: list[str] = []
-    for report in reports.values():
+    for report in reports:
         for test in report["tests"]:
             if test["name"] not in test_names:
                 test_names.append(test["name"])
-    columns = ["submission", "status", "master", "score", "max_score", *test_names]
-    columns += ["tampering", "notes", "sha256", "master_sha256", "grader_version"]
-    with open(target, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        for path, report in reports.items():
-            extra = report["extra_data"]
-            row = {
-                "submission": str(path),
-                "status": extra.get("status"),
-                "master": extra.get("master") or "",
-                "score": f"{report['score']:g}",
-                "max_score": f"{report['max_score']:g}",
-                "tampering": " | ".join(extra.get("tampering") or []),
-                "notes": " | ".join(extra.get("notes") or [])
-                or ("" if extra.get("status") == "graded" else report["output"]),
-                "sha256": extra.get("sha256") or "",
-                "master_sha256": extra.get("master_sha256") or "",
-                "grader_version": extra.get("grader_version", GRADER_VERSION),
-            }
-            row.update({test["name"]: f"{test['score']:g}" for test in report["tests"]})
-            writer.writerow(row)
+    columns = ["submission", "file", "status", "master", "score", "max_score", *test_names]
+    columns += ["tampering", "notes", "sha256", "duplicate_of", "master_sha256", "seed", "grader_version"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    for report in reports:
+        extra = report["extra_data"]
+        row = {
+            "submission": str(extra.get("submission", "")),
+            "file": Path(str(extra.get("submission", ""))).name,
+            "status": extra.get("status"),
+            "master": extra.get("master") or "",
+            "score": f"{report['score']:g}",
+            "max_score": f"{report['max_score']:g}",
+            "tampering": " | ".join(extra.get("tampering") or []),
+            "notes": " | ".join(extra.get("notes") or [])
+            or ("" if extra.get("status") == "graded" else report["output"]),
+            "sha256": extra.get("sha256") or "",
+            "duplicate_of": " | ".join(Path(other).name for other in extra.get("duplicate_of") or []),
+            "master_sha256": extra.get("master_sha256") or "",
+            "seed": extra.get("seed", ""),
+            "grader_version": extra.get("grader_version", GRADER_VERSION),
+        }
+        row.update({test["name"]: f"{test['score']:g}" for test in report["tests"]})
+        writer.writerow({key: clean_text(value, 2000) for key, value in row.items()})
+    return buffer.getvalue()
+
+
+def write_gradebook(reports: dict[Path, dict], target: Path) -> None:
+    """A CSV gradebook (see :func:`gradebook_text`), written atomically."""
+    write_atomically(Path(target), gradebook_text(reports))
+
+
+def check_output_paths(targets, inputs) -> str | None:
+    """Why the reports cannot be written where asked (None: they can): checked before any grading."""
+    roots = [Path(path).resolve() for path in inputs if Path(path).is_dir()]
+    for given, is_folder in targets:
+        if given is None:
+            continue
+        target = Path(given)
+        folder = target if is_folder else target.parent
+        if is_folder and not folder.exists():
+            with contextlib.suppress(OSError):
+                folder.mkdir(parents=True)
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            return f"{folder} is not a folder this grader can write"
+        if not is_folder and (target.is_symlink() or (target.exists() and not target.is_file())):
+            return f"{target} exists and is not a plain file"
+        resolved = folder.resolve()
+        if any(resolved == root or root in resolved.parents for root in roots):
+            return f"{target} lies inside a folder being graded: write reports elsewhere"
+    return None
 
 
 def main(argv=None) -> int:
@@ -465,38 +765,68 @@ def main(argv=None) -> int:
     parser.add_argument("paths", nargs="+", type=Path, help="submitted notebooks, or folders of them")
     parser.add_argument("--out", type=Path, help="write the JSON report (Gradescope results.json shape) here")
     parser.add_argument("--csv", type=Path, help="write a CSV gradebook here")
+    parser.add_argument("--reports", type=Path, help="write one JSON report per learner into this folder")
     parser.add_argument("--jobs", type=int, default=1, help="grade N submissions at a time (default 1)")
-    parser.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR, help="folder of master notebooks")
+    parser.add_argument(
+        "--solutions", type=Path, help="folder of master notebooks (default: solutions/ of the course folder)"
+    )
     parser.add_argument("--master", help="grade every submission against this master (NN_topic or a path)")
+    parser.add_argument("--seed", type=int, help="seed of the secret cases (default: random, in the report)")
     parser.add_argument("--cell-timeout", type=float, default=Limits.cell_timeout, help="seconds per cell")
     parser.add_argument("--timeout", type=float, default=Limits.total_timeout, help="seconds per notebook run")
     parser.add_argument("--memory-mb", type=int, default=Limits.memory_mb, help="kernel address-space limit")
     parser.add_argument("--max-size-mb", type=float, default=DEFAULT_MAX_MB, help="largest notebook file accepted")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    # from the option, else the working directory (so a non-editable install works), else a usage error
+    args.solutions = course_paths.or_usage_error(parser, course_paths.solutions_dir, args.solutions)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
+    problem = check_output_paths([(args.out, False), (args.csv, False), (args.reports, True)], args.paths)
+    if problem:
+        print(f"cannot write the reports: {problem}", file=sys.stderr)
+        return 2
     paths = find_submissions(args.paths)
     if not paths:
         print("no notebooks found in " + ", ".join(map(str, args.paths)), file=sys.stderr)
         return 2
+    seed = args.seed if args.seed is not None else secrets.randbits(63)
     limits = Limits(cell_timeout=args.cell_timeout, total_timeout=args.timeout, memory_mb=args.memory_mb)
     options = Options(
-        solutions=args.solutions, master=args.master, max_bytes=int(args.max_size_mb * 2**20), limits=limits
+        solutions=args.solutions,
+        master=args.master,
+        max_bytes=int(args.max_size_mb * 2**20),
+        limits=limits,
+        seed=seed,
     )
     reports = grade_many(paths, options, jobs=args.jobs, progress=not args.no_progress and len(paths) > 1)
+    flag_duplicates(reports)
+    warnings_found = []
+    masters = sorted({report["extra_data"].get("master") for report in reports.values()} - {None})
+    if len(masters) > 1 and not args.master:
+        warnings_found.append(
+            f"this batch mixes {len(masters)} exercises ({', '.join(masters)}): pass --master NN_topic to grade "
+            "one exercise and refuse the others"
+        )
     for path, report in reports.items():
         status = report["extra_data"]["status"]
-        print(f"{report['score']:6g} / {report['max_score']:<6g} {status:8s} {path}")
+        print(f"{report['score']:6g} / {report['max_score']:<6g} {status:8s} {clean_text(path)}")
+    for warning in warnings_found:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.reports:
+        for report in reports.values():
+            write_atomically(args.reports / report_name(report), json.dumps(report, indent=1) + "\n")
     if args.out:
         if len(reports) == 1:
             document = next(iter(reports.values()))
         else:
             document = {
                 "grader_version": GRADER_VERSION,
+                "seed": seed,
+                "warnings": warnings_found,
                 "submissions": {str(path): report for path, report in reports.items()},
             }
-        args.out.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+        write_atomically(args.out, json.dumps(document, indent=1) + "\n")
     if args.csv:
         write_gradebook(reports, args.csv)
     return 0

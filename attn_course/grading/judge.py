@@ -93,9 +93,10 @@ class Case:
     seed: int
     points: float = 1.0
 
-    def args(self) -> tuple:
-        """The arguments of this case (fresh arrays on every call)."""
-        return tuple(self.make_args(np.random.default_rng(self.seed)))
+    def args(self, seed: int | None = None) -> tuple:
+        """The arguments of this case (fresh arrays on every call); ``seed`` draws the grader's secret variant
+        (same shapes and kinds, other values) instead of the public one."""
+        return tuple(self.make_args(np.random.default_rng(self.seed if seed is None else seed)))
 
 
 @dataclass(frozen=True)
@@ -136,12 +137,19 @@ class Exercise:
     # {"rtol": ..., "atol": ...} for every comparison of this exercise, instead of the dtype's: an experiment whose
     # answer is found by a search (a bisection) is right within the precision the task asks for
     tolerance: Mapping[str, float] | None = None
+    # edge cases only the grader runs: {public case name: (cases, ...)}; the public case's test passes only if
+    # its secret draw and each of these pass (they carry no points of their own)
+    hidden: Mapping[str, tuple[Case, ...]] = field(default_factory=dict)
 
     def __post_init__(self):
         names = [case.name for case in self.cases]
         if len(set(names)) != len(names):
             raise ValueError(f"exercise {self.name!r}: case names must be unique; got {names}")
-        for name in (self.name, *names):  # they become file names in the grader's folders
+        hidden = [case.name for cases in self.hidden.values() for case in cases]
+        unknown = set(self.hidden) - set(names)
+        if unknown or len(set(hidden) | set(names)) != len(hidden) + len(names):
+            raise ValueError(f"exercise {self.name!r}: hidden cases must hang on public cases and have new names")
+        for name in (self.name, *names, *hidden):  # they become file names in the grader's folders
             if not SAFE_NAME.fullmatch(name):
                 raise ValueError(f"exercise and case names must be lower-case words joined by _; got {name!r}")
 
@@ -243,12 +251,13 @@ STATUS_WORDS = {
     "not_attempted": "not attempted yet",
     "timeout": "TIMEOUT",
     "error": "ERROR",
+    "refused": "REFUSED",
 }
 
 
 @dataclass
 class Verdict:
-    """The outcome of one case: ``status`` is passed, failed, not_attempted, timeout or error."""
+    """The outcome of one case: ``status`` is passed, failed, not_attempted, timeout, error or refused."""
 
     exercise: str
     case: str

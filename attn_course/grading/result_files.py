@@ -37,6 +37,7 @@ __all__ = [
     "load_array",
     "read_inputs",
     "read_result",
+    "set_aside",
     "write_inputs",
     "write_result",
 ]
@@ -150,9 +151,13 @@ def write_result(record_dir, exercise: str, case_name: str, value=None, error: B
 
 
 def _open_regular(path: Path, limit: int):
-    """Open ``path`` for reading if it is a regular file (not a link) of at most ``limit`` bytes."""
+    """Open ``path`` for reading if it is a regular file (not a link) of at most ``limit`` bytes.
+
+    Opened without following a link and without blocking (a named pipe or a
+    device would otherwise hang the grader), then checked with ``fstat``.
+    """
     try:
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise RecordError(f"{path.name} is missing") from None
     except OSError as err:
@@ -222,6 +227,9 @@ def read_result(record_dir, exercise: str, case_name: str):
     damaged or oversized record.
     """
     folder = _outputs_dir(record_dir, exercise)
+    for parent in (Path(record_dir), folder.parent, folder):  # real folders, not links to somewhere else
+        if os.path.lexists(parent) and not stat.S_ISDIR(os.lstat(parent).st_mode):
+            raise RecordError(f"{parent.name} is not a folder")
     path = folder / f"{case_name}.json"
     if not os.path.lexists(path):
         return None
@@ -241,3 +249,19 @@ def read_result(record_dir, exercise: str, case_name: str):
     if record.get("status") == "returned":
         return _decode(record.get("value"), folder, case_name, 0)
     raise RecordError("damaged record")
+
+
+def set_aside(record_dir, exercise: str) -> None:
+    """Move an exercise's outputs folder out of the way (grader side): records written before its test cell
+    started, or after it finished, are never read. The folder is renamed, never followed."""
+    folder = _outputs_dir(record_dir, exercise)
+    if os.path.islink(folder.parent) or (os.path.lexists(folder.parent) and not os.path.isdir(folder.parent)):
+        os.unlink(folder.parent)  # a link planted where the outputs folder belongs: never followed
+        return
+    if os.path.lexists(folder):
+        stale = folder.parent / f".stale-{exercise}-{os.urandom(4).hex()}"
+        try:
+            os.rename(folder, stale)
+        except OSError:
+            if os.path.islink(folder) or not os.path.isdir(folder):
+                os.unlink(folder)

@@ -38,6 +38,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -65,18 +67,33 @@ class Limits:
     total_timeout: float = 120.0  # seconds of cell execution for the whole notebook
     memory_mb: int = 2048  # address space of the kernel process (RLIMIT_AS)
     file_mb: int = 64  # largest file the kernel may write (RLIMIT_FSIZE)
-    output_chars: int = 20_000  # output kept per cell
+    output_chars: int = 20_000  # output kept per cell (errors included)
+    notebook_output_chars: int = 200_000  # output kept for the whole notebook
+    processes: int = 64  # processes and threads of the kernel's user (RLIMIT_NPROC; see launch_with_limits.py)
+    open_files: int = 512  # RLIMIT_NOFILE
+    disk_mb: int = 256  # bytes in the run's folders, checked after every cell
+    disk_files: int = 2_000  # files in the run's folders, checked after every cell
     interrupt_grace: float = 3.0  # seconds for an interrupted kernel to answer again
     startup_timeout: float = 60.0  # seconds for the kernel to start
+    separate_user: bool = True  # a grader running as root runs each kernel as an unprivileged user of its own
 
-    def launcher_spec(self) -> str:
+    def launcher_spec(self, uid: int | None = None) -> str:
         return json.dumps(
             {
                 "memory_bytes": self.memory_mb * 2**20,
                 "cpu_seconds": int(self.total_timeout + self.startup_timeout + 30),
                 "file_bytes": self.file_mb * 2**20,
+                "processes": self.processes,
+                "open_files": self.open_files,
+                "uid": uid,
+                "drop_capabilities": True,
             }
         )
+
+    @property
+    def wall_seconds(self) -> float:
+        """The longest one run can take: start-up, cells, one interrupt, shutdown (the batch's bound per notebook)."""
+        return self.startup_timeout + self.total_timeout + self.interrupt_grace + 15
 
 
 @dataclass
@@ -98,43 +115,115 @@ class RunLog:
 
 
 class LimitedKernelManager(AsyncKernelManager):
-    """A kernel manager that starts the kernel through the resource-limiting launcher."""
+    """A kernel manager that starts the kernel through the resource-limiting launcher (as ``kernel_uid`` if set)."""
 
     limits_spec = Unicode("{}")
+    kernel_uid = Int(-1)
 
     def format_kernel_cmd(self, extra_arguments=None):
         command = super().format_kernel_cmd(extra_arguments)
+        if self.kernel_uid >= 0 and self.connection_file:  # written just before: the kernel's user must read it
+            os.chown(self.connection_file, self.kernel_uid, self.kernel_uid)
         return [sys.executable, str(LAUNCHER), self.limits_spec, "--", *command]
 
 
 def _message_chars(msg) -> int:
     content = msg.get("content", {})
+    if msg.get("msg_type") == "error":
+        return len(content.get("evalue", "")) + sum(map(len, content.get("traceback", [])))
     if "text" in content:
         return len(content["text"])
     data = content.get("data", {})
     return sum(len(value) if isinstance(value, str) else len(json.dumps(value)) for value in data.values())
 
 
+def _shorten_error(content: dict, limit: int) -> None:
+    """Cut an error's message and traceback to about ``limit`` characters (in place)."""
+    content["evalue"] = str(content.get("evalue", ""))[: max(limit // 4, 200)]
+    kept, used = [], 0
+    for line in content.get("traceback", [])[-50:]:
+        piece = str(line)[: max(limit - used, 0)]
+        used += len(piece)
+        kept.append(piece)
+        if used >= limit:
+            break
+    content["traceback"] = kept + ["[grader: the rest of this error was dropped]"] * (used >= limit)
+
+
 class CappedClient(NotebookClient):
-    """An nbclient that keeps at most ``output_limit`` characters of output per cell."""
+    """An nbclient that keeps at most ``output_limit`` characters of output per cell and ``notebook_limit`` in all,
+    errors included (an error's message and traceback are shortened, its name kept)."""
 
     output_limit = Int(20_000)
+    notebook_limit = Int(200_000)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._chars: dict[int, int] = {}
+        self._total = 0
 
     def output(self, outs, msg, display_id, cell_index):
-        if msg["msg_type"] != "error":
-            used = self._chars.get(cell_index, 0)
-            size = _message_chars(msg)
-            self._chars[cell_index] = used + size
-            if used + size > self.output_limit:
-                if used <= self.output_limit:
-                    note = f"[grader: output past {self.output_limit} characters dropped]\n"
-                    outs.append(nbformat.v4.new_output("stream", name="stderr", text=note))
-                return None
+        used = self._chars.get(cell_index, 0)
+        size = _message_chars(msg)
+        room = min(self.output_limit - used, self.notebook_limit - self._total)
+        if msg["msg_type"] == "error":  # always kept (its name says NotImplementedError), but short
+            if size > max(room, 2_000):
+                _shorten_error(msg["content"], max(room, 2_000))
+                size = _message_chars(msg)
+        elif size > room:
+            if used <= self.output_limit:  # the first output dropped in this cell says so
+                note = "[grader: output past the limit of this cell or of the notebook dropped]\n"
+                outs.append(nbformat.v4.new_output("stream", name="stderr", text=note))
+            self._chars[cell_index] = self.output_limit + 1
+            return None
+        self._chars[cell_index] = used + size
+        self._total += size
         return super().output(outs, msg, display_id, cell_index)
+
+
+# Run in the kernel before any cell (an IPython start-up file): the answer key cannot be imported there.
+BLOCKER = """
+def _attn_course_block_answer_key():
+    import sys
+
+    blocked = {blocked!r}
+
+    class AnswerKeyBlocker:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if any(name == b or name.startswith(b + ".") for b in blocked):
+                raise ImportError(f"{{name}} is not available while grading: answers must be your own code")
+            return None
+
+    sys.meta_path.insert(0, AnswerKeyBlocker)
+    for name in list(sys.modules):
+        if any(name == b or name.startswith(b + ".") for b in blocked):
+            del sys.modules[name]
+
+
+def _attn_course_not_dumpable():  # other kernels of the same user cannot read or write this one's memory
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)
+
+
+_attn_course_block_answer_key()
+_attn_course_not_dumpable()
+del _attn_course_block_answer_key, _attn_course_not_dumpable
+"""
+
+# What the grading kernel may not import: the spec registry (every exercise's reference), the notebook self-check
+# that judges with it, and the grader's own modules (they read the masters).
+BLOCKED_MODULES = (
+    "attn_course.grading.specs",
+    "attn_course.grading.selfcheck",
+    "attn_course.grading.grade",
+    "attn_course.grading.assign",
+    "attn_course.grade",
+    "attn_course.assign",
+)
 
 
 def kernel_environment(record_dir: Path, scratch: Path) -> dict[str, str]:
@@ -155,9 +244,88 @@ def kernel_environment(record_dir: Path, scratch: Path) -> dict[str, str]:
             "PYTHONHASHSEED": "0",
             "PYDEVD_DISABLE_FILE_VALIDATION": "1",
             "JUPYTER_PLATFORM_DIRS": "1",
+            "TMPDIR": str(scratch / "tmp"),
         }
     )
     return env
+
+
+_separate_user_works: bool | None = None
+
+
+def kernel_user(limits: Limits) -> int | None:
+    """The unprivileged user a root grader runs the kernel as (a fresh id per run), else None (same user).
+
+    Tried once per process: when that user cannot run the interpreter or import the package (a Python in
+    root's home), None, and the root kernel runs without capabilities instead (see launch_with_limits.py).
+    """
+    global _separate_user_works  # noqa: PLW0603 (a fact about this machine)
+    if not limits.separate_user or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    uid = 200_000 + secrets.randbelow(800_000)
+    if _separate_user_works is None:
+        spec = json.dumps({"uid": uid})
+        probe = [sys.executable, str(LAUNCHER), spec, "--", sys.executable, "-c", "import attn_course.grading"]
+        try:
+            done = subprocess.run(probe, cwd="/", capture_output=True, timeout=60, check=False)
+            _separate_user_works = done.returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            _separate_user_works = False
+    return uid if _separate_user_works else None
+
+
+def prepare_scratch(scratch: Path, uid: int | None) -> None:
+    """The kernel's own folder: the start-up file that blocks the answer key, a temp folder, owned by ``uid``."""
+    startup = scratch / "ipython" / "profile_default" / "startup"
+    startup.mkdir(parents=True, exist_ok=True)
+    (scratch / "tmp").mkdir(exist_ok=True)
+    (startup / "00-attn-course-grading.py").write_text(BLOCKER.format(blocked=BLOCKED_MODULES))
+    if uid is not None:
+        for folder in (scratch, scratch / "ipython", scratch / "ipython" / "profile_default", startup, scratch / "tmp"):
+            os.chown(folder, uid, uid)
+
+
+def folder_use(folders, max_files: int) -> tuple[int, int]:
+    """``(files, bytes)`` under ``folders`` (links not followed); stops counting past ``max_files`` entries."""
+    files = size = 0
+    todo = [Path(folder) for folder in folders]
+    while todo and files <= max_files:
+        try:
+            entries = list(os.scandir(todo.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            files += 1
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    todo.append(Path(entry.path))
+                else:
+                    size += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                pass
+    return files, size
+
+
+def remove_files_of(uid: int, places=("/tmp", "/var/tmp", "/dev/shm")) -> int:
+    """Delete what user ``uid`` left at the top of the world-writable folders; returns how many entries."""
+    removed = 0
+    for place in places:
+        try:
+            entries = list(os.scandir(place))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+                removed += 1
+            except OSError:
+                pass
+    return removed
 
 
 def _error_text(cell) -> str:
@@ -181,10 +349,21 @@ async def _answers_within(client: NotebookClient, seconds: float) -> bool:
     return False
 
 
-async def _run_cells(client: CappedClient, notebook, limits: Limits, log: RunLog, env: dict, scratch: Path):
+class CellHooks:
+    """Called by :func:`run_notebook` around every code cell (the grader clears and collects results there)."""
+
+    def before(self, index: int) -> None:
+        """Just before cell ``index`` runs."""
+
+    def after(self, index: int) -> None:
+        """Just after cell ``index`` finished (or was interrupted, or the kernel died)."""
+
+
+async def _run_cells(client: CappedClient, notebook, limits: Limits, log: RunLog, env: dict, run: dict):
     code_cells = [index for index, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
     stop_reason = ""
-    with open(scratch / "kernel.log", "wb") as kernel_log:
+    hooks, scratch = run["hooks"], run["scratch"]
+    with open(scratch.parent / f"{scratch.name}.log", "wb") as kernel_log:
         async with client.async_setup_kernel(env=env, stdout=subprocess.DEVNULL, stderr=kernel_log, cleanup_kc=True):
             started = time.monotonic()
             for index in code_cells:
@@ -199,6 +378,7 @@ async def _run_cells(client: CappedClient, notebook, limits: Limits, log: RunLog
                     continue
                 timeout = min(limits.cell_timeout, remaining)
                 client.timeout = max(1, int(timeout + 0.999))
+                hooks.before(index)
                 cell_start = time.monotonic()
                 try:
                     await client.async_execute_cell(cell, index)
@@ -215,7 +395,6 @@ async def _run_cells(client: CappedClient, notebook, limits: Limits, log: RunLog
                         log.notes.append(f"cell {index + 1}: {stop_reason}")
                     elif timeout < limits.cell_timeout:
                         stop_reason = f"the whole run passed its {limits.total_timeout:g} s limit"
-                    continue
                 except DeadKernelError:
                     seconds = time.monotonic() - cell_start
                     log.cells[index] = CellOutcome(
@@ -223,21 +402,43 @@ async def _run_cells(client: CappedClient, notebook, limits: Limits, log: RunLog
                     )
                     stop_reason = f"the kernel died in cell {index + 1}"
                     log.notes.append(stop_reason)
-                    continue
-                seconds = time.monotonic() - cell_start
-                error = _error_text(cell)
-                log.cells[index] = CellOutcome("error" if error else "ok", error, seconds)
+                else:
+                    seconds = time.monotonic() - cell_start
+                    error = _error_text(cell)
+                    log.cells[index] = CellOutcome("error" if error else "ok", error, seconds)
+                hooks.after(index)
+                files, size = folder_use(run["folders"], limits.disk_files)
+                if not stop_reason and (files > limits.disk_files or size > limits.disk_mb * 2**20):
+                    stop_reason = (
+                        f"the notebook wrote more than {limits.disk_files} files or {limits.disk_mb} MB "
+                        f"in its folders (cell {index + 1}); the run was stopped"
+                    )
+                    log.notes.append(stop_reason)
 
 
-def run_notebook(notebook, workdir, record_dir, limits: Limits | None = None) -> RunLog:
+def run_notebook(notebook, workdir, record_dir, limits: Limits | None = None, hooks: CellHooks | None = None) -> RunLog:
     """Execute the code cells of ``notebook`` (modified in place: outputs) in ``workdir``; never raises for
-    anything the notebook does. ``record_dir`` is passed to the kernel as ``ATTN_COURSE_RECORD_DIR``."""
+    anything the notebook does. ``record_dir`` is passed to the kernel as ``ATTN_COURSE_RECORD_DIR``;
+    ``hooks`` are called around each code cell. When the grader runs as root, the kernel runs as a fresh
+    unprivileged user that owns only ``workdir``, ``record_dir`` and its own scratch folder."""
     limits = limits or Limits()
     workdir, record_dir = Path(workdir), Path(record_dir)
     scratch = workdir.parent / f"{workdir.name}-kernel"
     scratch.mkdir(parents=True, exist_ok=True)
-    manager = LimitedKernelManager(kernel_name="python3", transport="ipc", ip=str(scratch / "ipc"))
-    manager.limits_spec = limits.launcher_spec()
+    uid = kernel_user(limits)
+    prepare_scratch(scratch, uid)
+    if uid is not None:
+        os.chmod(workdir.parent, 0o711)  # the kernel's user may pass through, not list
+        for folder in (workdir, record_dir):
+            os.chown(folder, uid, uid)
+    manager = LimitedKernelManager(
+        kernel_name="python3",
+        transport="ipc",
+        ip=str(scratch / "ipc"),
+    )
+    manager.connection_file = str(scratch / "kernel.json")
+    manager.limits_spec = limits.launcher_spec(uid)
+    manager.kernel_uid = -1 if uid is None else uid
     client = CappedClient(
         notebook,
         km=manager,
@@ -249,18 +450,24 @@ def run_notebook(notebook, workdir, record_dir, limits: Limits | None = None) ->
         record_timing=False,
         iopub_timeout=4,
         output_limit=limits.output_chars,
+        notebook_limit=limits.notebook_output_chars,
         resources={"metadata": {"path": str(workdir)}},
     )
     log = RunLog()
     started = time.monotonic()
     env = kernel_environment(record_dir, scratch)
+    run = {"hooks": hooks or CellHooks(), "scratch": scratch, "folders": (workdir, record_dir, scratch)}
     try:
-        asyncio.run(_run_cells(client, notebook, limits, log, env, scratch))
+        asyncio.run(_run_cells(client, notebook, limits, log, env, run))
     except Exception as err:  # the kernel failed to start, or died in a way nbclient did not expect
         reason = f"the run stopped: {type(err).__name__}: {err}"[:500]
         log.notes.append(reason)
         for index, cell in enumerate(notebook.cells):
             if cell.cell_type == "code" and index not in log.cells:
                 log.cells[index] = CellOutcome("not_run", reason)
+    if uid is not None:
+        removed = remove_files_of(uid)
+        if removed:
+            log.notes.append(f"{removed} file(s) the kernel left in /tmp, /var/tmp or /dev/shm were removed")
     log.seconds = time.monotonic() - started
     return log

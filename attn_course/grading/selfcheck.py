@@ -22,7 +22,9 @@ runs with ``ATTN_COURSE_RECORD_DIR`` set. ``check`` then judges nothing: it
 only records what the function returns on the grader's inputs (see
 ``attn_course.grading.result_files``), and the grader compares in its own
 process. Replacing ``check``, numpy's assert helpers or IPython's traceback
-hook inside the notebook therefore cannot earn points.
+hook inside the notebook therefore cannot earn points. In the grading kernel
+itself the package gives ``attn_course.grading.recorder``'s ``check`` instead
+of this module, which is not importable there (it reads the answer key).
 """
 
 from __future__ import annotations
@@ -30,12 +32,10 @@ from __future__ import annotations
 import os
 
 from .judge import Raised, Verdict, judge
-from .result_files import read_inputs, write_result
+from .recorder import RECORD_DIR_VARIABLE, record
 from .specs import get_exercise
 
 __all__ = ["RECORD_DIR_VARIABLE", "CheckFailed", "CheckSummary", "check", "test_inputs"]
-
-RECORD_DIR_VARIABLE = "ATTN_COURSE_RECORD_DIR"
 
 MARKS = {"passed": "✓", "failed": "✗", "not_attempted": "·"}
 
@@ -144,15 +144,7 @@ test_inputs.__test__ = False  # not a pytest test, despite its name
 
 def _record(name: str, function, record_dir: str) -> CheckSummary:
     """Graded mode: call ``function`` on the grader's inputs and write what it returns; judge nothing."""
-    cases = read_inputs(record_dir, name)
-    for case_name, args in cases:
-        try:
-            value = function(*args)
-        except Exception as err:  # KeyboardInterrupt (a timeout) and SystemExit end the cell instead
-            write_result(record_dir, name, case_name, error=err)
-        else:
-            write_result(record_dir, name, case_name, value=value)
-    return CheckSummary(name, [], recorded=len(cases))
+    return CheckSummary(name, [], recorded=record(name, function, record_dir))
 
 
 def check(name: str, function, *, raise_on_failure: bool = True) -> CheckSummary:
