@@ -16,16 +16,18 @@ LAB_FLAGS := --ServerApp.root_dir=. --ServerApp.default_url=/lab/tree/notebooks
 NBVAL_FLAGS := --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
 	--nbval-cell-timeout=120 -n 2 --dist loadscope -p no:randomly
 
-.PHONY: install lab test lint unit grader exercises-check notebooks solutions check-env clean
+.PHONY: install lab test lint unit grader exercises-check notebooks solutions check-env site clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall only when the requirements or the package metadata change.
+# Reinstall only when the requirements or the package metadata change. requirements.txt is `-e .[course]`:
+# the package with every extra of pyproject.toml (CuPy apart: `pip install -e ".[gpu]"` on an NVIDIA machine).
+# setuptools>=77 is pyproject.toml's build requirement (its licence field), installed so that a build without
+# isolation (tests/test_course_paths.py builds the package with --no-build-isolation) finds it.
 $(STAMP): $(BIN)/python requirements.txt pyproject.toml
-	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install --upgrade pip "setuptools>=77"
 	$(BIN)/python -m pip install -r requirements.txt
-	$(BIN)/python -m pip install --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -38,6 +40,11 @@ lab: install
 
 check-env: install
 	$(BIN)/python -m attn_course.check_env
+
+# The course website: lessons and exercises as stored (outputs included, nothing executed), static HTML in
+# build/site, built offline by Sphinx + myst-nb (docs/conf.py). tests/test_site.py builds and checks it.
+site: install
+	$(BIN)/python docs/build.py
 
 test: lint unit grader exercises-check notebooks solutions
 

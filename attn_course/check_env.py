@@ -6,7 +6,9 @@ arrays will use (``default_backend()``, which ``ATTN_COURSE_BACKEND`` can
 override) and whether a GPU is usable, and why not. The last line is
 ``OK: ...`` or ``PROBLEM: ...`` with the ``pip`` command that fixes it; the
 exit status is 0 when every required package is present and the backend
-resolves, 1 otherwise.
+resolves, 1 otherwise. Where an NVIDIA driver is present (``nvidia-smi`` on the
+path, or ``/proc/driver/nvidia``) but CuPy is not installed, it suggests the
+``gpu`` extra (``pip install -e ".[gpu]"``); that is advice, not a problem.
 
 By default a package counts as present when its distribution is installed and
 its module can be found; nothing heavy is imported. ``--deep`` also imports
@@ -23,16 +25,26 @@ import importlib.util
 import os
 import platform
 import re
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import backend
 
-__all__ = ["REQUIRED_DISTRIBUTIONS", "EnvReport", "PackageStatus", "format_report", "gather_report", "main"]
+__all__ = [
+    "REQUIRED_DISTRIBUTIONS",
+    "EnvReport",
+    "PackageStatus",
+    "format_report",
+    "gather_report",
+    "main",
+    "nvidia_driver_found",
+]
 
-# What the lessons, the package, the grader and the tests need (requirements.txt
-# says which versions). CuPy is optional: it only runs with an NVIDIA GPU.
+# What the lessons, the package, the grader and the tests need: the package and its
+# `course` extra (pyproject.toml says which versions). CuPy is optional: the `gpu`
+# extra, for machines with an NVIDIA GPU.
 REQUIRED_DISTRIBUTIONS = (
     "numpy",
     "array-api-compat",
@@ -41,6 +53,8 @@ REQUIRED_DISTRIBUTIONS = (
     "tqdm",
     "nbformat",
     "nbclient",
+    "jupyter-client",
+    "traitlets",
     "ipykernel",
     "jupyterlab",
     "nbval",
@@ -51,8 +65,14 @@ MIN_PYTHON = (3, 10)
 IMPORT_NAMES: dict[str, str] = {}
 # Never imported, even with --deep: starting the lab's server code is slow and checks nothing more.
 NOT_IMPORTED = frozenset({"jupyterlab"})
-# In a checkout of the course, the pip command takes the version ranges from here.
+# The pip command takes the version ranges from the package's metadata (pyproject.toml's
+# dependencies and extras) and, where one is given, from a requirements file.
+PACKAGE_DISTRIBUTION = "attn_course"
 REQUIREMENTS_FILE = Path(__file__).resolve().parent.parent / "requirements.txt"
+# What installs CuPy: the package's gpu extra, run in the course's folder.
+GPU_EXTRA_COMMAND = 'pip install -e ".[gpu]"'
+# Where Linux shows a loaded NVIDIA driver, even when nvidia-smi is not on the path.
+NVIDIA_PROC = Path("/proc/driver/nvidia")
 
 
 @dataclass
@@ -79,6 +99,19 @@ class EnvReport:
     gpu_usable: bool
     gpu_reason: str
     install_specs: dict[str, str] = field(default_factory=dict)
+    nvidia_driver: str | None = None  # how an NVIDIA driver was seen (``nvidia_driver_found``); None: not seen
+
+    @property
+    def suggestions(self) -> list[str]:
+        """Advice that is not a problem: the gpu extra, where an NVIDIA driver is present but CuPy is not."""
+        cupy_installed = any(not p.required and p.version is not None for p in self.packages)
+        if self.nvidia_driver is None or cupy_installed:
+            return []
+        return [
+            f"an NVIDIA GPU driver is present ({self.nvidia_driver}) but CuPy is not installed; to compute on "
+            f"the GPU, install the gpu extra in the course folder: {_quote(self.python_executable)} -m "
+            f"{GPU_EXTRA_COMMAND}"
+        ]
 
     @property
     def missing(self) -> list[PackageStatus]:
@@ -131,6 +164,43 @@ def _quote(word: str) -> str:
     return f'"{word}"' if re.search(r"[\s<>=!;,|&]", word) else word
 
 
+def _requirement_spec(line: str) -> tuple[str, str] | None:
+    """``("name", "name>=x,<y")`` from one requirement (comments, markers and extras dropped); None if not one."""
+    requirement = line.split("#", 1)[0].split(";", 1)[0].strip()
+    match = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?", requirement)
+    if not match or requirement.startswith("-"):
+        return None
+    name = match.group(1)
+    return _normalise(name), (name + requirement[match.end() :]).replace(" ", "")
+
+
+def _package_install_specs(distribution: str = PACKAGE_DISTRIBUTION) -> dict[str, str]:
+    """``{name: "name>=x,<y"}`` from the installed package's dependencies and extras; empty when not installed."""
+    try:
+        requirements = importlib.metadata.requires(distribution) or []
+    except Exception:  # not installed (run from a plain checkout), or damaged metadata
+        return {}
+    specs = {}
+    for requirement in requirements:
+        found = _requirement_spec(requirement)
+        if found is not None and found[0] != _normalise(distribution):  # `course` names the package's own extras
+            specs.setdefault(*found)
+    return specs
+
+
+def nvidia_driver_found() -> str | None:
+    """How an NVIDIA driver shows itself on this machine (``nvidia-smi`` on the path, ``/proc/driver/nvidia``).
+
+    Returns a few words saying which, or None. Never runs the driver's tools and never imports CuPy.
+    """
+    found = shutil.which("nvidia-smi")
+    if found:
+        return f"{found} is on the path"
+    if NVIDIA_PROC.exists():
+        return f"{NVIDIA_PROC} exists"
+    return None
+
+
 def _read_install_specs(path: Path) -> dict[str, str]:
     """``{name: "name>=x,<y"}`` from a requirements file; empty when there is none (an installed package)."""
     specs = {}
@@ -139,10 +209,9 @@ def _read_install_specs(path: Path) -> dict[str, str]:
     except OSError:
         return specs
     for line in lines:
-        requirement = line.split("#", 1)[0].split(";", 1)[0].strip()
-        match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement)
-        if match and not requirement.startswith("-"):
-            specs[_normalise(match.group(0))] = requirement.replace(" ", "")
+        found = _requirement_spec(line)
+        if found is not None:
+            specs[found[0]] = found[1]
     return specs
 
 
@@ -197,7 +266,9 @@ def gather_report(
 
     required: the distribution names the course needs (a test can add one that
     is not installed). deep: import each package instead of only finding it.
-    requirements_file: where the version ranges for the pip command come from.
+    requirements_file: a requirements file whose version ranges the pip command
+    prefers to those of the package's metadata (the checkout's requirements.txt
+    holds only ``-e .[course]``, so there the metadata's ranges are used).
     """
     packages = [_package_status(name, deep) for name in required]
     packages.append(_cupy_status())
@@ -216,7 +287,8 @@ def gather_report(
         backend_error=error,
         gpu_usable=gpu_usable,
         gpu_reason=gpu_reason,
-        install_specs=_read_install_specs(Path(requirements_file)),
+        install_specs={**_package_install_specs(), **_read_install_specs(Path(requirements_file))},
+        nvidia_driver=nvidia_driver_found(),
     )
 
 
@@ -252,6 +324,7 @@ def format_report(report: EnvReport) -> str:
     else:
         lines.append(f"Backend  ERROR ({report.backend_choice}): {report.backend_error}")
     lines.append(f"GPU      {'usable' if report.gpu_usable else 'not usable'}: {report.gpu_reason}")
+    lines.extend(f"Suggest  {suggestion}" for suggestion in report.suggestions)
     lines.append("")
     if report.ok:
         required = sum(p.required for p in report.packages)

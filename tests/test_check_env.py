@@ -168,3 +168,64 @@ def test_never_raises_when_probing_fails(monkeypatch, capsys):
 
 def last_line_of(text):
     return text.strip().splitlines()[-1]
+
+
+def gpu_less_report(packages, nvidia_driver):
+    """A report for a machine whose CuPy state is ``packages`` and whose driver is ``nvidia_driver``."""
+    return check_env.EnvReport(
+        python_version="3.12.1",
+        python_executable="/usr/bin/python3",
+        python_ok=True,
+        packages=[check_env.PackageStatus("numpy", "2.1.0", True), *packages],
+        backend="numpy",
+        backend_choice="automatic",
+        backend_error=None,
+        gpu_usable=False,
+        gpu_reason="CuPy is not installed",
+        nvidia_driver=nvidia_driver,
+    )
+
+
+CUPY_MISSING = check_env.PackageStatus("cupy", None, False, "not installed (only needed with an NVIDIA GPU)")
+CUPY_PRESENT = check_env.PackageStatus("cupy-cuda12x", "13.3.0", False)
+
+
+def test_an_nvidia_driver_without_cupy_suggests_the_gpu_extra():
+    report = gpu_less_report([CUPY_MISSING], "/proc/driver/nvidia exists")
+    text = check_env.format_report(report)
+    assert report.ok  # advice, not a problem: the course runs on the CPU
+    (suggestion,) = report.suggestions
+    assert "/proc/driver/nvidia exists" in suggestion
+    assert suggestion.endswith('/usr/bin/python3 -m pip install -e ".[gpu]"')
+    assert f"\nSuggest  {suggestion}\n" in text
+    assert last_line_of(text).startswith("OK: ")
+
+
+@pytest.mark.parametrize(
+    ("packages", "driver"),
+    [([CUPY_PRESENT], "/usr/bin/nvidia-smi is on the path"), ([CUPY_MISSING], None)],
+    ids=["cupy-installed", "no-driver"],
+)
+def test_no_suggestion_without_a_driver_or_with_cupy(packages, driver):
+    report = gpu_less_report(packages, driver)
+    assert report.suggestions == []
+    assert "Suggest" not in check_env.format_report(report)
+
+
+def test_the_driver_is_found_by_nvidia_smi_or_by_proc(monkeypatch, tmp_path):
+    monkeypatch.setattr(check_env.shutil, "which", lambda name: f"/opt/bin/{name}")
+    assert check_env.nvidia_driver_found() == "/opt/bin/nvidia-smi is on the path"
+    monkeypatch.setattr(check_env.shutil, "which", lambda name: None)
+    monkeypatch.setattr(check_env, "NVIDIA_PROC", tmp_path)
+    assert check_env.nvidia_driver_found() == f"{tmp_path} exists"
+    monkeypatch.setattr(check_env, "NVIDIA_PROC", tmp_path / "absent")
+    assert check_env.nvidia_driver_found() is None
+
+
+def test_the_pip_command_takes_the_ranges_of_the_package_metadata(monkeypatch, tmp_path):
+    requires = ["numpy<3,>=1.26.4", 'matplotlib<4,>=3.8.4; extra == "viz"', 'attn_course[viz,torch]; extra == "course"']
+    monkeypatch.setattr(check_env.importlib.metadata, "requires", lambda name: requires)
+    specs = check_env._package_install_specs()
+    assert specs == {"numpy": "numpy<3,>=1.26.4", "matplotlib": "matplotlib<4,>=3.8.4"}
+    report = check_env.gather_report(("matplotlib",), requirements_file=tmp_path / "absent.txt")
+    assert report.install_specs["matplotlib"] == "matplotlib<4,>=3.8.4"
