@@ -59,7 +59,7 @@ import unicodedata
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -423,7 +423,9 @@ def collect_tests(master: Master, log: RunLog, results: dict, plan: Plan, refuse
     for test_cell in master.test_cells():
         exercise = get_exercise(test_cell.exercise)
         outcome = log.cells.get(test_cell.index)
-        for case in exercise.cases:
+        for public_case in exercise.cases:
+            # the learner's check() described the public case; the grade comes from a secret draw of the same kind
+            case = replace(public_case, about=f"{public_case.about}; graded on a secret draw of this kind")
             if exercise.name in refused:
                 detail = f"refused: {refused[exercise.name]}"
                 verdict = Verdict(exercise.name, case.name, case.about, "refused", case.points, detail=detail)

@@ -85,18 +85,50 @@ RAISED_HINTS = {
 
 @dataclass(frozen=True)
 class Case:
-    """One fixed input: ``make_args(rng)`` returns the positional arguments, drawn with ``seed``."""
+    """One fixed input: ``make_args(rng)`` returns the positional arguments, drawn with ``seed``.
+
+    ``secret(rng)``, when given, draws the grader's secret variants instead of ``make_args``: a case whose
+    inputs are only sizes or constants (``make_args`` ignores its ``rng``) would otherwise be judged on its public
+    arguments, which a learner could look up. It draws inputs of the same kind and regime as the public case
+    (sizes that divide where the task needs it, a partial tile where the case is about one, ...).
+    """
 
     name: str
     about: str
     make_args: Callable[[np.random.Generator], tuple]
     seed: int
     points: float = 1.0
+    secret: Callable[[np.random.Generator], tuple] | None = None
 
     def args(self, seed: int | None = None) -> tuple:
         """The arguments of this case (fresh arrays on every call); ``seed`` draws the grader's secret variant
-        (same shapes and kinds, other values) instead of the public one."""
-        return tuple(self.make_args(np.random.default_rng(self.seed if seed is None else seed)))
+        (same shapes and kinds, other values; from ``secret`` when the case has one) instead of the public one."""
+        public = tuple(self.make_args(np.random.default_rng(self.seed)))
+        if seed is None:
+            return public
+        rng = np.random.default_rng(seed)
+        if self.secret is None:
+            return tuple(self.make_args(rng))
+        for _ in range(100):  # a few sizes to choose from may draw the public ones: draw again
+            drawn = tuple(self.secret(rng))
+            if not self.same_args(drawn, public):
+                break
+        return drawn
+
+    @staticmethod
+    def same_args(first, second) -> bool:
+        """Whether two argument lists are equal (arrays: same shape, dtype and values)."""
+        if isinstance(first, np.ndarray) or isinstance(second, np.ndarray):
+            return (
+                isinstance(first, np.ndarray)
+                and isinstance(second, np.ndarray)
+                and first.shape == second.shape
+                and first.dtype == second.dtype
+                and bool(np.array_equal(first, second))
+            )
+        if isinstance(first, (tuple, list)) and isinstance(second, (tuple, list)):
+            return len(first) == len(second) and all(Case.same_args(a, b) for a, b in zip(first, second, strict=True))
+        return type(first) is type(second) and first == second
 
 
 @dataclass(frozen=True)

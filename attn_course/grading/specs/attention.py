@@ -26,6 +26,7 @@ from ...attention import scaled_dot_product_attention as reference_attention
 from ...softmax import softmax as reference_softmax
 from ..judge import Case, Exercise, Mistake, rows_sum_to_one, within_zero_and_one, zero_where_masked
 from .inputs import keep_mask, normal_array
+from .secret_inputs import attention_shapes_case
 
 __all__ = ["EXERCISES"]
 
@@ -245,18 +246,26 @@ SHAPES = Exercise(
     reference=_shapes_by_running,
     outputs=("weights_shape", "output_shape"),
     cases=(
-        Case("plain", "q (5, 4), k (7, 4), v (7, 6)", _shape_args((5, 4), (7, 4), (7, 6)), seed=141),
+        Case(
+            "plain",
+            "q (5, 4), k (7, 4), v (7, 6)",
+            _shape_args((5, 4), (7, 4), (7, 6)),
+            seed=141,
+            secret=attention_shapes_case("plain"),
+        ),
         Case(
             "batched",
             "q (8, 3, 4), k (8, 9, 4), v (8, 9, 2): one batch axis",
             _shape_args((8, 3, 4), (8, 9, 4), (8, 9, 2)),
             seed=142,
+            secret=attention_shapes_case("batched"),
         ),
         Case(
             "broadcast_batch",
             "q (2, 1, 5, 4), k (3, 7, 4), v (1, 7, 6): the leading axes broadcast",
             _shape_args((2, 1, 5, 4), (3, 7, 4), (1, 7, 6)),
             seed=143,
+            secret=attention_shapes_case("broadcast"),
             points=2.0,
         ),
     ),

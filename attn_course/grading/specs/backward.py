@@ -27,6 +27,7 @@ import numpy as np
 from ...backward import attention_backward as reference_backward
 from ..judge import Case, Exercise, Mistake
 from .inputs import normal_array
+from .secret_inputs import draw_from, draw_int
 
 __all__ = ["EXERCISES"]
 
@@ -334,12 +335,24 @@ SAVED = Exercise(
             "N = 1024, d = 64, num_heads = 8, itemsize = 4 (float32)",
             lambda rng: (1024, 64, 8, 4),
             seed=1831,
+            secret=lambda rng: (
+                draw_from(rng, (512, 1024, 2048)),
+                draw_from(rng, (32, 64, 128)),
+                draw_from(rng, (4, 8, 12)),
+                4,
+            ),
         ),
         Case(
             "float16",
             "N = 4096, d = 128, num_heads = 16, itemsize = 2 (float16; lse stays float32)",
             lambda rng: (4096, 128, 16, 2),
             seed=1832,
+            secret=lambda rng: (
+                draw_from(rng, (2048, 4096, 8192)),
+                draw_from(rng, (64, 128)),
+                draw_from(rng, (12, 16, 32)),
+                2,
+            ),
             points=2.0,
         ),
         Case(
@@ -347,6 +360,7 @@ SAVED = Exercise(
             "N = 100000, d = 64, num_heads = 1, itemsize = 4",
             lambda rng: (100_000, 64, 1, 4),
             seed=1833,
+            secret=lambda rng: (draw_int(rng, 50_000, 200_000), draw_from(rng, (64, 128)), 1, 4),
         ),
     ),
     mistakes=(

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..judge import Case, Exercise, Invariant, Mistake, format_index, format_number
 from .inputs import normal_array
+from .secret_inputs import draw_int
 
 __all__ = ["EXERCISES"]
 
@@ -330,6 +331,12 @@ def _count(d_model, num_heads, mlp_ratio, *, norms=True, biases=True, per_head=F
     return np.asarray(float(attention + mlp + layer_norms), dtype=np.float64)
 
 
+def _block_sizes(rng, heads, head_dims, ratios):
+    """A secret ``(d_model, num_heads, mlp_ratio)``: num_heads divides d_model."""
+    h = draw_int(rng, *heads)
+    return h * draw_int(rng, *head_dims), h, draw_int(rng, *ratios)
+
+
 COUNT_HINTS = {
     "type": "Return a 0-d NumPy float64 array, not a Python number: return np.asarray(count, dtype=np.float64).",
     "shape": "Return a single number as a 0-d array: np.asarray(count, dtype=np.float64).",
@@ -345,13 +352,26 @@ PARAMETERS = Exercise(
     lesson=LESSON,
     reference=_count,
     cases=(
-        Case("tiny_block", "d_model = 6, num_heads = 2, mlp_ratio = 4", lambda rng: (6, 2, 4), seed=1901),
-        Case("narrow_mlp", "d_model = 10, num_heads = 5, mlp_ratio = 2", lambda rng: (10, 5, 2), seed=1902),
+        Case(
+            "tiny_block",
+            "d_model = 6, num_heads = 2, mlp_ratio = 4",
+            lambda rng: (6, 2, 4),
+            seed=1901,
+            secret=lambda rng: _block_sizes(rng, (2, 3), (2, 6), (3, 4)),
+        ),
+        Case(
+            "narrow_mlp",
+            "d_model = 10, num_heads = 5, mlp_ratio = 2",
+            lambda rng: (10, 5, 2),
+            seed=1902,
+            secret=lambda rng: _block_sizes(rng, (3, 8), (2, 4), (2, 2)),
+        ),
         Case(
             "gpt2_small",
             "d_model = 768, num_heads = 12, mlp_ratio = 4: one block of GPT-2 small",
             lambda rng: (768, 12, 4),
             seed=1903,
+            secret=lambda rng: _block_sizes(rng, (8, 16), (64, 64), (4, 4)),
             points=2.0,
         ),
     ),

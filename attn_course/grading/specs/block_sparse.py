@@ -26,6 +26,7 @@ from ... import masks
 from ...sparse import block_sparse_attention as reference_block_sparse
 from ..judge import Case, Exercise, Mistake
 from .inputs import normal_array
+from .secret_inputs import draw_int, multiple, partial, with_unit
 
 __all__ = ["EXERCISES"]
 
@@ -62,12 +63,17 @@ LAYOUT = Exercise(
             "mask: sliding window (16, 16), window 2; block = 4",
             _mask_case(lambda rng: masks.sliding_window_mask(16, 2), 4),
             seed=1201,
+            secret=with_unit(
+                range(3, 6),
+                lambda rng, block: (masks.sliding_window_mask(multiple(rng, block, 3, 5), draw_int(rng, 1, 3)), block),
+            ),
         ),
         Case(
             "causal_partial_tiles",
             "mask: causal (10, 10); block = 4: the last row and column of tiles hold 2 positions",
             _mask_case(lambda rng: masks.causal_mask(10), 4),
             seed=1202,
+            secret=with_unit(range(3, 6), lambda rng, block: (masks.causal_mask(partial(rng, block, 2, 3)), block)),
             points=2.0,
         ),
         Case(
@@ -250,15 +256,34 @@ WINDOW_TILES = Exercise(
     lesson=LESSON,
     reference=_window_tiles,
     cases=(
-        Case("small", "N = 40, window = 6, block = 8", lambda rng: (40, 6, 8), seed=1221),
+        Case(
+            "small",
+            "N = 40, window = 6, block = 8",
+            lambda rng: (40, 6, 8),
+            seed=1221,
+            secret=with_unit(
+                (8, 16), lambda rng, block: (multiple(rng, block, 4, 7), draw_int(rng, block // 2, block - 1), block)
+            ),
+        ),
         Case(
             "window_a_multiple",
             "N = 1000, window = 96, block = 32: a window of whole tiles, N not a multiple of block",
             lambda rng: (1000, 96, 32),
             seed=1222,
+            secret=with_unit(
+                (16, 32, 64), lambda rng, block: (partial(rng, block, 20, 40), multiple(rng, block, 2, 4), block)
+            ),
             points=2.0,
         ),
-        Case("wide_window", "N = 300, window = 50, block = 16", lambda rng: (300, 50, 16), seed=1223),
+        Case(
+            "wide_window",
+            "N = 300, window = 50, block = 16",
+            lambda rng: (300, 50, 16),
+            seed=1223,
+            secret=with_unit(
+                (8, 16, 32), lambda rng, block: (partial(rng, block, 10, 30), partial(rng, block, 2, 4), block)
+            ),
+        ),
     ),
     mistakes=(
         Mistake(

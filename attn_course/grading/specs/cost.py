@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from ..judge import Case, Exercise, Mistake
+from .secret_inputs import draw_from, draw_int, longest_case
 
 __all__ = ["EXERCISES"]
 
@@ -47,18 +48,41 @@ FLOPS = Exercise(
     lesson=LESSON,
     reference=_flops,
     cases=(
-        Case("small_layer", "B = 2, H = 3, N = 5, d = 7", lambda rng: (2, 3, 5, 7), seed=1001),
+        Case(
+            "small_layer",
+            "B = 2, H = 3, N = 5, d = 7",
+            lambda rng: (2, 3, 5, 7),
+            seed=1001,
+            secret=lambda rng: (
+                draw_int(rng, 1, 4),
+                draw_from(rng, (3, 5, 7)),
+                draw_from(rng, (9, 11, 13)),
+                draw_int(rng, 5, 10),
+            ),
+        ),
         Case(
             "lesson_layer",
             "B = 1, H = 8, N = 4096, d = 64: the lesson's layer",
             lambda rng: (1, 8, 4096, 64),
             seed=1002,
+            secret=lambda rng: (
+                1,
+                draw_from(rng, (4, 8, 16)),
+                draw_from(rng, (1024, 2048, 4096, 8192)),
+                draw_from(rng, (32, 64, 128)),
+            ),
         ),
         Case(
             "long_sequence",
             "B = 3, H = 12, N = 65536, d = 96: far beyond 2**31",
             lambda rng: (3, 12, 65536, 96),
             seed=1003,
+            secret=lambda rng: (
+                draw_int(rng, 2, 4),
+                draw_int(rng, 8, 16),
+                draw_from(rng, (32768, 65536, 131072)),
+                draw_from(rng, (64, 96, 128)),
+            ),
             points=2.0,
         ),
     ),
@@ -95,15 +119,33 @@ BYTES = Exercise(
     lesson=LESSON,
     reference=_bytes,
     cases=(
-        Case("small_float32", "B = 2, H = 3, N = 5, itemsize = 4", lambda rng: (2, 3, 5, 4), seed=1011),
+        Case(
+            "small_float32",
+            "B = 2, H = 3, N = 5, itemsize = 4",
+            lambda rng: (2, 3, 5, 4),
+            seed=1011,
+            secret=lambda rng: (draw_int(rng, 1, 4), draw_from(rng, (3, 5, 7)), draw_from(rng, (9, 11, 13)), 4),
+        ),
         Case(
             "long_float16",
             "B = 1, H = 8, N = 65536, itemsize = 2: the lesson's 64k tokens in half precision",
             lambda rng: (1, 8, 65536, 2),
             seed=1012,
+            secret=lambda rng: (
+                draw_int(rng, 1, 2),
+                draw_from(rng, (8, 12, 16, 32)),
+                draw_from(rng, (32768, 65536, 131072)),
+                2,
+            ),
             points=2.0,
         ),
-        Case("batched_float64", "B = 4, H = 6, N = 300, itemsize = 8", lambda rng: (4, 6, 300, 8), seed=1013),
+        Case(
+            "batched_float64",
+            "B = 4, H = 6, N = 300, itemsize = 8",
+            lambda rng: (4, 6, 300, 8),
+            seed=1013,
+            secret=lambda rng: (draw_int(rng, 3, 6), draw_from(rng, (3, 5, 6, 7)), draw_int(rng, 200, 500), 8),
+        ),
     ),
     mistakes=(
         Mistake(
@@ -148,18 +190,21 @@ LONGEST = Exercise(
             "memory_bytes = 10**9, B = 2, H = 3, itemsize = 4",
             lambda rng: (10**9, 2, 3, 4),
             seed=1021,
+            secret=longest_case([k * 10**8 for k in range(5, 21)], (1, 4), (2, 3, 4, 6), 4, rounds_up=True),
         ),
         Case(
             "one_gibibyte",
             "memory_bytes = 2**30, B = 1, H = 8, itemsize = 4",
             lambda rng: (2**30, 1, 8, 4),
             seed=1022,
+            secret=longest_case([2**k for k in range(28, 33)], (1, 1), (4, 8, 16), 4, rounds_up=True),
         ),
         Case(
             "large_card",
             "memory_bytes = 141 * 10**9, B = 5, H = 32, itemsize = 2: a 141 GB card",
             lambda rng: (141 * 10**9, 5, 32, 2),
             seed=1023,
+            secret=longest_case([k * 10**9 for k in range(40, 193)], (2, 8), (16, 24, 32, 48, 64), 2, rounds_up=False),
             points=2.0,
         ),
     ),

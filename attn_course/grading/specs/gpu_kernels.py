@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..judge import Case, Exercise, Mistake
+from .secret_inputs import every_entry_shuffled, fused_bytes_case, occupancy_case
 
 __all__ = ["BLOCKS_PER_SM", "EXERCISES", "REGISTERS_PER_SM", "SHARED_BYTES_PER_SM", "THREADS_PER_SM"]
 
@@ -73,12 +74,14 @@ FUSED_BYTES = Exercise(
             "B = 2, H = 3, N = 256, d = 8, itemsize = 4, tile = 64",
             lambda rng: (2, 3, 256, 8, 4, 64),
             seed=1501,
+            secret=fused_bytes_case((1, 3), (2, 3, 4), (32, 64), (4, 6), (8, 16), 4),
         ),
         Case(
             "partial_tile",
             "B = 1, H = 5, N = 1000, d = 64, itemsize = 2, tile = 64: the last tile holds 40 keys",
             lambda rng: (1, 5, 1000, 64, 2, 64),
             seed=1502,
+            secret=fused_bytes_case((1, 2), (3, 5, 6), (32, 64, 128), (4, 16), (32, 64, 128), 2, whole=False),
             points=2.0,
         ),
         Case(
@@ -86,6 +89,7 @@ FUSED_BYTES = Exercise(
             "B = 4, H = 16, N = 16384, d = 128, itemsize = 4, tile = 128",
             lambda rng: (4, 16, 16384, 128, 4, 128),
             seed=1503,
+            secret=fused_bytes_case((2, 4), (8, 16, 32), (64, 128), (64, 256), (64, 128), 4),
         ),
     ),
     mistakes=(
@@ -146,12 +150,14 @@ OCCUPANCY = Exercise(
             "threads_per_block = 256, registers_per_thread = 96, shared_bytes_per_block = 20000",
             lambda rng: (256, 96, 20_000),
             seed=1511,
+            secret=occupancy_case("registers"),
         ),
         Case(
             "shared_limit",
             "threads_per_block = 128, registers_per_thread = 64, shared_bytes_per_block = 73728",
             lambda rng: (128, 64, 73_728),
             seed=1512,
+            secret=occupancy_case("shared"),
             points=2.0,
         ),
         Case(
@@ -159,12 +165,14 @@ OCCUPANCY = Exercise(
             "threads_per_block = 1024, registers_per_thread = 16, shared_bytes_per_block = 4096",
             lambda rng: (1024, 16, 4_096),
             seed=1513,
+            secret=occupancy_case("threads"),
         ),
         Case(
             "blocks_limit",
             "threads_per_block = 32, registers_per_thread = 16, shared_bytes_per_block = 0",
             lambda rng: (32, 16, 0),
             seed=1514,
+            secret=occupancy_case("blocks"),
         ),
     ),
     mistakes=(
@@ -235,6 +243,7 @@ FRAGMENTS = Exercise(
             "rows, cols: int64 (16, 8), every entry of C",
             lambda rng: _every_entry(),
             seed=1522,
+            secret=every_entry_shuffled,
             points=2.0,
         ),
         Case("grid", "rows, cols: int64 (3, 7)", _owner_case((3, 7)), seed=1523),

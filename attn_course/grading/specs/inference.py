@@ -42,6 +42,7 @@ from ...positions import alibi_bias as reference_bias
 from ...positions import alibi_slopes as reference_slopes
 from ..judge import Case, Exercise, Mistake
 from .inputs import normal_array
+from .secret_inputs import alibi_case, cache_bytes_case, draw_from, slots_case, visibility_case
 
 __all__ = ["EXERCISES"]
 
@@ -196,10 +197,23 @@ SLOPES = Exercise(
     lesson=LESSON,
     reference=reference_slopes,
     cases=(
-        Case("eight", "num_heads = 8", lambda rng: (8,), seed=1921),
-        Case("six", "num_heads = 6: not a power of two", lambda rng: (6,), seed=1922, points=2.0),
-        Case("twelve", "num_heads = 12", lambda rng: (12,), seed=1923),
-        Case("one", "num_heads = 1", lambda rng: (1,), seed=1924),
+        Case("eight", "num_heads = 8", lambda rng: (8,), seed=1921, secret=lambda rng: (draw_from(rng, (4, 16, 32)),)),
+        Case(
+            "six",
+            "num_heads = 6: not a power of two",
+            lambda rng: (6,),
+            seed=1922,
+            secret=lambda rng: (draw_from(rng, (3, 5, 7)),),
+            points=2.0,
+        ),
+        Case(
+            "twelve",
+            "num_heads = 12",
+            lambda rng: (12,),
+            seed=1923,
+            secret=lambda rng: (draw_from(rng, (10, 14, 20, 24)),),
+        ),
+        Case("one", "num_heads = 1", lambda rng: (1,), seed=1924, secret=lambda rng: (draw_from(rng, (2, 4, 16, 64)),)),
     ),
     mistakes=(
         Mistake(
@@ -250,12 +264,19 @@ BIAS = Exercise(
     lesson=LESSON,
     reference=lambda h, qp, kp: reference_bias(h, qp, kp, dtype="float64"),
     cases=(
-        Case("square", "num_heads = 4, query and key positions 0..5", _bias_case(4, range(6), range(6)), seed=1931),
+        Case(
+            "square",
+            "num_heads = 4, query and key positions 0..5",
+            _bias_case(4, range(6), range(6)),
+            seed=1931,
+            secret=alibi_case("square"),
+        ),
         Case(
             "decoding",
             "num_heads = 8, queries at positions [5, 6, 7] after a cache: keys 0..7",
             _bias_case(8, [5, 6, 7], range(8)),
             seed=1932,
+            secret=alibi_case("decoding"),
             points=2.0,
         ),
         Case(
@@ -263,6 +284,7 @@ BIAS = Exercise(
             "num_heads = 2, one query at position 9, keys of a rolling buffer: positions [0, 8, 9, 6, 7]",
             _bias_case(2, [9], [0, 8, 9, 6, 7]),
             seed=1933,
+            secret=alibi_case("rolling_buffer"),
         ),
     ),
     mistakes=(
@@ -319,11 +341,34 @@ SLOTS = Exercise(
     reference=_slots,
     cases=(
         Case(
-            "not_full", "length = 3, window = 4, sinks = 1: the buffer is not full yet", _slots_case(3, 4, 1), seed=1941
+            "not_full",
+            "length = 3, window = 4, sinks = 1: the buffer is not full yet",
+            _slots_case(3, 4, 1),
+            seed=1941,
+            secret=slots_case(lambda window: (2, window), (3, 6), 1),
         ),
-        Case("wrapped", "length = 11, window = 4, sinks = 1", _slots_case(11, 4, 1), seed=1942, points=2.0),
-        Case("no_sinks", "length = 9, window = 5, sinks = 0", _slots_case(9, 5, 0), seed=1943),
-        Case("two_sinks", "length = 20, window = 3, sinks = 2", _slots_case(20, 3, 2), seed=1944),
+        Case(
+            "wrapped",
+            "length = 11, window = 4, sinks = 1",
+            _slots_case(11, 4, 1),
+            seed=1942,
+            secret=slots_case(lambda window: (2 * window + 2, 4 * window), (3, 6), 1),
+            points=2.0,
+        ),
+        Case(
+            "no_sinks",
+            "length = 9, window = 5, sinks = 0",
+            _slots_case(9, 5, 0),
+            seed=1943,
+            secret=slots_case(lambda window: (window + 2, 3 * window), (3, 7), 0),
+        ),
+        Case(
+            "two_sinks",
+            "length = 20, window = 3, sinks = 2",
+            _slots_case(20, 3, 2),
+            seed=1944,
+            secret=slots_case(lambda window: (3 * window, 8 * window), (2, 4), 2),
+        ),
     ),
     mistakes=(
         Mistake(
@@ -365,12 +410,14 @@ VISIBILITY = Exercise(
             "queries [6], keys 0..6, window = 3, sinks = 1",
             _visibility_case([6], range(7), 3, 1),
             seed=1951,
+            secret=visibility_case("in_order"),
         ),
         Case(
             "rolling_buffer",
             "queries [9, 10], keys in buffer order [0, 8, 9, 10, 7], window = 4, sinks = 1",
             _visibility_case([9, 10], [0, 8, 9, 10, 7], 4, 1),
             seed=1952,
+            secret=visibility_case("rolling_buffer"),
             points=2.0,
         ),
         Case(
@@ -378,6 +425,7 @@ VISIBILITY = Exercise(
             "queries [4, 5, 6], keys 0..6, window = 2, sinks = 0",
             _visibility_case([4, 5, 6], range(7), 2, 0),
             seed=1953,
+            secret=visibility_case("no_sinks"),
         ),
     ),
     mistakes=(
@@ -423,6 +471,14 @@ PREDICTION = Exercise(
             "the model you predicted: 48 layers, kv_heads [64, 8, 1], head_dim 128, 4096 positions, float16, batch 2",
             _bytes_case(48, [64, 8, 1], 128, 4096, 2, 2),
             seed=1961,
+            secret=cache_bytes_case(
+                (24, 80),
+                lambda rng: [draw_from(rng, (32, 40, 48, 64)), draw_from(rng, (4, 8)), 1],
+                (64, 128),
+                (2048, 4096, 8192),
+                2,
+                (2, 4),
+            ),
             points=2.0,
         ),
         Case(
@@ -431,12 +487,23 @@ PREDICTION = Exercise(
             "batch 1",
             _bytes_case(32, [32, 8, 1], 128, 4096, 2, 1),
             seed=1962,
+            secret=cache_bytes_case(
+                (24, 40), lambda rng: [draw_from(rng, (24, 32, 40)), 8, 1], (128,), (2048, 4096, 8192), 2, (1, 1)
+            ),
         ),
         Case(
             "small_float32",
             "6 layers, kv_heads [12, 4, 3], head_dim 64, 1000 positions, float32, batch 5",
             _bytes_case(6, [12, 4, 3], 64, 1000, 4, 5),
             seed=1963,
+            secret=cache_bytes_case(
+                (4, 12),
+                lambda rng: sorted(rng.choice(np.arange(2, 17), 3, replace=False).tolist(), reverse=True),
+                (32, 64),
+                range(500, 2001),
+                4,
+                (3, 5, 6, 7),
+            ),
         ),
     ),
     mistakes=(

@@ -23,6 +23,7 @@ from ...linear import elu_feature_map as reference_phi
 from ...linear import linear_attention as reference_linear
 from ..judge import Case, Exercise, Invariant, Mistake, format_index, format_number
 from .inputs import normal_array
+from .secret_inputs import crossover_case, with_unit
 from .tiling import within_value_range
 
 __all__ = ["EXERCISES"]
@@ -281,10 +282,35 @@ CROSSOVER = Exercise(
     lesson=LESSON,
     reference=_crossover,
     cases=(
-        Case("small_heads", "d = 4, dv = 6", lambda rng: (4, 6), seed=431),
-        Case("equal_sizes", "d = 64, dv = 64: a tie at L = 64", lambda rng: (64, 64), seed=432, points=2.0),
-        Case("wide_values", "d = 3, dv = 7", lambda rng: (3, 7), seed=433),
-        Case("wide_queries", "d = 128, dv = 32", lambda rng: (128, 32), seed=434),
+        Case(
+            "small_heads",
+            "d = 4, dv = 6",
+            lambda rng: (4, 6),
+            seed=431,
+            secret=crossover_case(range(3, 7), range(7, 10)),
+        ),
+        Case(
+            "equal_sizes",
+            "d = 64, dv = 64: a tie at L = 64",
+            lambda rng: (64, 64),
+            seed=432,
+            secret=with_unit((16, 32, 48, 96, 128), lambda rng, d: (d, d)),
+            points=2.0,
+        ),
+        Case(
+            "wide_values",
+            "d = 3, dv = 7",
+            lambda rng: (3, 7),
+            seed=433,
+            secret=crossover_case(range(2, 5), range(6, 11)),
+        ),
+        Case(
+            "wide_queries",
+            "d = 128, dv = 32",
+            lambda rng: (128, 32),
+            seed=434,
+            secret=crossover_case((64, 96, 128), (16, 24, 32)),
+        ),
     ),
     mistakes=(
         Mistake(

@@ -23,6 +23,7 @@ import numpy as np
 
 from ... import masks
 from ..judge import Case, Exercise, Mistake
+from .secret_inputs import draw_int, lengths_case
 
 __all__ = ["EXERCISES"]
 
@@ -44,9 +45,15 @@ CAUSAL = Exercise(
     lesson=LESSON,
     reference=masks.causal_mask,
     cases=(
-        Case("six_tokens", "n = 6", lambda rng: (6,), seed=161),
-        Case("one_token", "n = 1: a single token sees itself", lambda rng: (1,), seed=162),
-        Case("nine_tokens", "n = 9", lambda rng: (9,), seed=163),
+        Case("six_tokens", "n = 6", lambda rng: (6,), seed=161, secret=lambda rng: (draw_int(rng, 3, 12),)),
+        Case(
+            "one_token",
+            "n = 1: a single token sees itself",
+            lambda rng: (1,),
+            seed=162,
+            secret=lambda rng: (draw_int(rng, 2, 3),),
+        ),
+        Case("nine_tokens", "n = 9", lambda rng: (9,), seed=163, secret=lambda rng: (draw_int(rng, 7, 14),)),
     ),
     mistakes=(
         Mistake(
@@ -99,18 +106,26 @@ PADDING = Exercise(
     lesson=LESSON,
     reference=masks.padding_mask,
     cases=(
-        Case("lesson_batch", "lengths: int64 [6, 2, 4], n = 6", _lengths_and_n([6, 2, 4], 6), seed=164),
+        Case(
+            "lesson_batch",
+            "lengths: int64 [6, 2, 4], n = 6",
+            _lengths_and_n([6, 2, 4], 6),
+            seed=164,
+            secret=lengths_case((2, 4), (5, 9), "full"),
+        ),
         Case(
             "all_padded",
             "lengths: int64 [2, 5], n = 7: every sequence is padded",
             _lengths_and_n([2, 5], 7),
             seed=165,
+            secret=lengths_case((2, 4), (5, 9), "padded"),
         ),
         Case(
             "empty_sequence",
             "lengths: int64 [0, 3, 3, 1], n = 3: the first sequence has no real token",
             _lengths_and_n([0, 3, 3, 1], 3),
             seed=166,
+            secret=lengths_case((3, 5), (3, 8), "empty"),
         ),
     ),
     mistakes=(
@@ -178,15 +193,23 @@ LEFT_CAUSAL = Exercise(
             "lengths: int64 [5, 2], n = 5: sequence 1 starts with 3 padding tokens",
             _lengths_and_n([5, 2], 5),
             seed=171,
+            secret=lengths_case((2, 3), (4, 8), "full"),
         ),
         Case(
             "with_empty",
             "lengths: int64 [3, 0, 6], n = 6: sequence 1 is all padding",
             _lengths_and_n([3, 0, 6], 6),
             seed=172,
+            secret=lengths_case((3, 4), (4, 8), "empty"),
             points=2.0,
         ),
-        Case("one_short", "lengths: int64 [4], n = 7", _lengths_and_n([4], 7), seed=173),
+        Case(
+            "one_short",
+            "lengths: int64 [4], n = 7",
+            _lengths_and_n([4], 7),
+            seed=173,
+            secret=lengths_case((1, 1), (4, 9), "padded"),
+        ),
     ),
     mistakes=(
         Mistake(

@@ -30,6 +30,7 @@ from ...multihead import split_heads as reference_split
 from ...softmax import softmax as reference_softmax
 from ..judge import Case, Exercise, Mistake, rows_sum_to_one, within_zero_and_one
 from .inputs import normal_array
+from .secret_inputs import heads_case
 
 __all__ = ["EXERCISES"]
 
@@ -292,13 +293,26 @@ SHAPES = Exercise(
     reference=_shapes_by_running,
     outputs=("per_head_shape", "weights_shape", "score_count"),
     cases=(
-        Case("four_heads", "B = 2, L = 5, d_model = 12, num_heads = 4", lambda rng: (2, 5, 12, 4), seed=221),
-        Case("three_heads", "B = 1, L = 7, d_model = 6, num_heads = 3", lambda rng: (1, 7, 6, 3), seed=222),
+        Case(
+            "four_heads",
+            "B = 2, L = 5, d_model = 12, num_heads = 4",
+            lambda rng: (2, 5, 12, 4),
+            seed=221,
+            secret=heads_case((2, 3), (3, 5), (2, 4)),
+        ),
+        Case(
+            "three_heads",
+            "B = 1, L = 7, d_model = 6, num_heads = 3",
+            lambda rng: (1, 7, 6, 3),
+            seed=222,
+            secret=heads_case((1, 1), (2, 4), (2, 3)),
+        ),
         Case(
             "wide_heads",
             "B = 3, L = 4, d_model = 10, num_heads = 2",
             lambda rng: (3, 4, 10, 2),
             seed=223,
+            secret=heads_case((2, 4), (2, 2), (4, 7)),
             points=2.0,
         ),
     ),

@@ -24,6 +24,7 @@ from ...positions import apply_rope as reference_rope
 from ...positions import sinusoidal_encoding as reference_encoding
 from ..judge import Case, Exercise, Invariant, Mistake, format_index, format_number
 from .inputs import normal_array
+from .secret_inputs import draw_int
 
 __all__ = ["EXERCISES"]
 
@@ -82,9 +83,28 @@ ENCODING = Exercise(
     lesson=LESSON,
     reference=lambda n, d: reference_encoding(n, d, dtype="float64"),
     cases=(
-        Case("small", "n = 6 positions, d = 8 features", lambda rng: (6, 8), seed=181),
-        Case("one_pair", "n = 5 positions, d = 2: a single (sin, cos) pair", lambda rng: (5, 2), seed=182),
-        Case("long", "n = 50 positions, d = 16 features", lambda rng: (50, 16), seed=183, points=2.0),
+        Case(
+            "small",
+            "n = 6 positions, d = 8 features",
+            lambda rng: (6, 8),
+            seed=181,
+            secret=lambda rng: (draw_int(rng, 4, 10), 2 * draw_int(rng, 2, 6)),
+        ),
+        Case(
+            "one_pair",
+            "n = 5 positions, d = 2: a single (sin, cos) pair",
+            lambda rng: (5, 2),
+            seed=182,
+            secret=lambda rng: (draw_int(rng, 3, 9), 2),
+        ),
+        Case(
+            "long",
+            "n = 50 positions, d = 16 features",
+            lambda rng: (50, 16),
+            seed=183,
+            secret=lambda rng: (draw_int(rng, 30, 80), 2 * draw_int(rng, 6, 12)),
+            points=2.0,
+        ),
     ),
     invariants=(pairs_on_the_unit_circle(),),
     mistakes=(

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..judge import Case, Exercise, Invariant, Mistake, format_index, format_number
 from .inputs import normal_array
+from .secret_inputs import draw_float, draw_int
 
 __all__ = ["EXERCISES"]
 
@@ -192,9 +193,27 @@ SPREAD = Exercise(
     lesson=LESSON,
     reference=_spread,
     cases=(
-        Case("short_vectors", "d = 4, sigma = 1.5", lambda rng: (4, 1.5), seed=107),
-        Case("small_entries", "d = 64, sigma = 0.5", lambda rng: (64, 0.5), seed=108),
-        Case("long_vectors", "d = 300, sigma = 2.0", lambda rng: (300, 2.0), seed=109),
+        Case(
+            "short_vectors",
+            "d = 4, sigma = 1.5",
+            lambda rng: (4, 1.5),
+            seed=107,
+            secret=lambda rng: (draw_int(rng, 2, 16), draw_float(rng, 1.2, 3.0)),
+        ),
+        Case(
+            "small_entries",
+            "d = 64, sigma = 0.5",
+            lambda rng: (64, 0.5),
+            seed=108,
+            secret=lambda rng: (draw_int(rng, 32, 128), draw_float(rng, 0.45, 0.8)),
+        ),
+        Case(
+            "long_vectors",
+            "d = 300, sigma = 2.0",
+            lambda rng: (300, 2.0),
+            seed=109,
+            secret=lambda rng: (draw_int(rng, 200, 500), draw_float(rng, 1.5, 3.0)),
+        ),
     ),
     mistakes=(
         Mistake(

@@ -19,8 +19,10 @@ from __future__ import annotations
 import numpy as np
 
 from ...softmax import softmax as reference_softmax
+from ...tolerances import tolerance_for
 from ..judge import Case, Exercise, Mistake, rows_sum_to_one, within_zero_and_one, zero_where_masked
 from .inputs import keep_mask
+from .secret_inputs import redrawn
 
 __all__ = ["EXERCISES"]
 
@@ -116,6 +118,16 @@ SOFTMAX = Exercise(
 # --------------------------------------------------------------------------- temperature
 
 
+def _float32_stable_agrees(x, temperature) -> bool:
+    """A stable float32 softmax of ``x / temperature`` is within float32's tolerance of the float64 reference."""
+    z = x / np.float32(temperature)  # (..., n) float32, as a learner computes it
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    weights = (e / e.sum(axis=-1, keepdims=True)).astype(np.float64)
+    expected = reference_softmax(x.astype(np.float64) / temperature, axis=-1)
+    tol = tolerance_for(np.float32)
+    return bool(np.all(np.abs(weights - expected) <= tol["atol"] + tol["rtol"] * np.abs(expected)))
+
+
 def _temperature_case(shape, temperature, spread=2.0, offsets=None):
     return lambda rng: (_scores(rng, shape, spread=spread, offsets=offsets), temperature)
 
@@ -134,6 +146,9 @@ TEMPERATURE = Exercise(
             "x: float32 (3, 5) around 100, temperature 0.1 (scores / T near 1000)",
             _temperature_case((3, 5), 0.1, offsets=[100.0, 90.0, -100.0]),
             seed=26,
+            # the case tests stability, not the luck of float32 rounding: near-ties at scores of 1000 can put an
+            # honest float32 answer outside float32's tolerance, so the secret draw keeps only draws where it is not
+            secret=redrawn(_temperature_case((3, 5), 0.1, offsets=[100.0, 90.0, -100.0]), _float32_stable_agrees),
         ),
     ),
     invariants=(within_zero_and_one(), rows_sum_to_one()),
@@ -207,6 +222,10 @@ MASKED = Exercise(
             "x: float32 (3, 5) around 1000, mask: bool (3, 5)",
             _masked_case((3, 5), spread=3.0, offsets=[1000.0, 1000.0, -1000.0]),
             seed=30,
+            # the row around -1000 masks something out: there 0 * score is no -inf (as in the public draw)
+            secret=redrawn(
+                _masked_case((3, 5), spread=3.0, offsets=[1000.0, 1000.0, -1000.0]), lambda x, mask: not mask[2].all()
+            ),
         ),
     ),
     invariants=(zero_where_masked(0, 1), within_zero_and_one(), rows_sum_to_one(0, mask_arg=1)),

@@ -22,6 +22,7 @@ import numpy as np
 
 from ... import masks
 from ..judge import Case, Exercise, Mistake
+from .secret_inputs import draw_int, multiple, partial, redrawn, sliding, with_unit
 
 __all__ = ["EXERCISES"]
 
@@ -60,9 +61,28 @@ STRIDED = Exercise(
     lesson=LESSON,
     reference=masks.strided_mask,
     cases=(
-        Case("lesson_like", "n = 12, stride = 4", lambda rng: (12, 4), seed=501),
-        Case("stride_not_dividing", "n = 17, stride = 5", lambda rng: (17, 5), seed=502, points=2.0),
-        Case("stride_one", "n = 6, stride = 1: the causal mask", lambda rng: (6, 1), seed=503),
+        Case(
+            "lesson_like",
+            "n = 12, stride = 4",
+            lambda rng: (12, 4),
+            seed=501,
+            secret=with_unit(range(3, 6), lambda rng, stride: (multiple(rng, stride, 3, 4), stride)),
+        ),
+        Case(
+            "stride_not_dividing",
+            "n = 17, stride = 5",
+            lambda rng: (17, 5),
+            seed=502,
+            secret=with_unit(range(4, 7), lambda rng, stride: (partial(rng, stride, 3, 4), stride)),
+            points=2.0,
+        ),
+        Case(
+            "stride_one",
+            "n = 6, stride = 1: the causal mask",
+            lambda rng: (6, 1),
+            seed=503,
+            secret=lambda rng: (draw_int(rng, 4, 9), 1),
+        ),
     ),
     mistakes=(
         Mistake(
@@ -106,15 +126,28 @@ FIXED = Exercise(
     lesson=LESSON,
     reference=masks.fixed_mask,
     cases=(
-        Case("lesson_like", "n = 16, block = 4, c = 1", lambda rng: (16, 4, 1), seed=511),
+        Case(
+            "lesson_like",
+            "n = 16, block = 4, c = 1",
+            lambda rng: (16, 4, 1),
+            seed=511,
+            secret=with_unit(range(3, 6), lambda rng, block: (multiple(rng, block, 3, 4), block, 1)),
+        ),
         Case(
             "partial_last_block",
             "n = 13, block = 5, c = 2: the last block is shorter",
             lambda rng: (13, 5, 2),
             seed=512,
+            secret=with_unit(range(4, 7), lambda rng, block: (partial(rng, block, 2, 3), block, 2)),
             points=2.0,
         ),
-        Case("wide_summary", "n = 9, block = 3, c = 2", lambda rng: (9, 3, 2), seed=513),
+        Case(
+            "wide_summary",
+            "n = 9, block = 3, c = 2",
+            lambda rng: (9, 3, 2),
+            seed=513,
+            secret=with_unit(range(3, 5), lambda rng, block: (multiple(rng, block, 3, 4), block, block - 1)),
+        ),
     ),
     mistakes=(
         Mistake(
@@ -157,6 +190,12 @@ def _window_case(n, window, layers):
     return lambda rng: (masks.sliding_window_mask(n, window), layers)
 
 
+def _saturated_after_three(mask, layers):
+    """Whether ``layers`` layers reach no further than ``layers - 1``, but further than the mask itself."""
+    reach = _reach(mask, layers)
+    return np.array_equal(_reach(mask, layers - 1), reach) and not np.array_equal(reach, np.asarray(mask, dtype=bool))
+
+
 def _random_mask_case(n, layers, p):
     def make(rng):
         mask = (rng.random((n, n)) < p) | np.eye(n, dtype=bool)
@@ -177,24 +216,29 @@ RECEPTIVE = Exercise(
             "mask: sliding window (14, 14), window 2; layers = 3",
             _window_case(14, 2, 3),
             seed=521,
+            secret=sliding((12, 18), (2, 3), 3),
         ),
         Case(
             "one_layer",
             "mask: sliding window (7, 7), window 1; layers = 1: the mask itself",
             _window_case(7, 1, 1),
             seed=522,
+            secret=sliding((5, 9), (1, 2), 1),
         ),
         Case(
             "strided_two_layers",
             "mask: strided (20, 20), stride 4; layers = 2",
             lambda rng: (masks.strided_mask(20, 4), 2),
             seed=523,
+            secret=lambda rng: (masks.strided_mask(draw_int(rng, 16, 24), draw_int(rng, 3, 5)), 2),
         ),
         Case(
             "random_four_layers",
             "mask: random sparse (11, 11) with its diagonal; layers = 4",
             _random_mask_case(11, 4, 0.08),
             seed=524,
+            # as in the public draw: four layers reach further than the mask itself, and no further than three
+            secret=redrawn(_random_mask_case(11, 4, 0.08), _saturated_after_three),
             points=2.0,
         ),
     ),
@@ -249,15 +293,29 @@ CONNECT = Exercise(
             "mask: causal sliding window (13, 13), window 3 (each query sees itself and 3 keys back)",
             lambda rng: (masks.sliding_window_mask(13, 3, causal=True),),
             seed=531,
+            secret=lambda rng: (masks.sliding_window_mask(draw_int(rng, 10, 16), draw_int(rng, 2, 4), causal=True),),
             points=2.0,
         ),
-        Case("strided", "mask: strided (22, 22), stride 5", lambda rng: (masks.strided_mask(22, 5),), seed=532),
-        Case("fixed", "mask: fixed (17, 17), block 4, c = 1", lambda rng: (masks.fixed_mask(17, 4, 1),), seed=533),
+        Case(
+            "strided",
+            "mask: strided (22, 22), stride 5",
+            lambda rng: (masks.strided_mask(22, 5),),
+            seed=532,
+            secret=lambda rng: (masks.strided_mask(draw_int(rng, 18, 26), draw_int(rng, 4, 6)),),
+        ),
+        Case(
+            "fixed",
+            "mask: fixed (17, 17), block 4, c = 1",
+            lambda rng: (masks.fixed_mask(17, 4, 1),),
+            seed=533,
+            secret=lambda rng: (masks.fixed_mask(draw_int(rng, 14, 20), draw_int(rng, 3, 5), 1),),
+        ),
         Case(
             "dilated_never",
             "mask: causal dilated window (11, 11), 2 keys back, 3 apart: some pairs are never connected",
             lambda rng: (masks.dilated_window_mask(11, 2, 3, causal=True),),
             seed=534,
+            secret=lambda rng: (masks.dilated_window_mask(draw_int(rng, 9, 14), 2, 3, causal=True),),
         ),
     ),
     mistakes=(

@@ -30,6 +30,7 @@ from ... import masks
 from ...tiled import tiled_attention as reference_tiled
 from ..judge import Case, Exercise, Invariant, Mistake, format_index, format_number
 from .inputs import normal_array
+from .secret_inputs import multiple, partial, redrawn, with_unit
 
 __all__ = ["EXERCISES"]
 
@@ -48,6 +49,11 @@ def _step(m, l, acc, scores, values, *, rescale_acc=True, rescale_l=True, alpha_
     l_new = (alpha * l if rescale_l else l) + p.sum(axis=-1, keepdims=True)
     acc_new = (alpha * acc if rescale_acc else acc) + p @ values
     return m_new, l_new, acc_new
+
+
+def _some_rows_get_a_new_maximum(m, l, acc, scores, values):
+    new = scores.max(axis=-1, keepdims=True) > m
+    return bool(new.any()) and not bool(new.all())
 
 
 def _state_case(L, C, dv, *, first=False, jump=0.0, dtype=np.float32):
@@ -109,6 +115,7 @@ STEP = Exercise(
             "float64: m, l (6, 1), acc (6, 3); scores (6, 2), values (2, 3); some rows get a new maximum, some not",
             _state_case(6, 2, 3, dtype=np.float64),
             seed=303,
+            secret=redrawn(_state_case(6, 2, 3, dtype=np.float64), _some_rows_get_a_new_maximum),
         ),
     ),
     invariants=(sum_at_least_one(),),
@@ -385,13 +392,26 @@ CAUSAL_TILES = Exercise(
     lesson=LESSON,
     reference=_causal_tiles,
     cases=(
-        Case("small", "N = 12, block = 4", lambda rng: (12, 4), seed=1341),
-        Case("partial_tile", "N = 1000, block = 64: the last tile is partial", lambda rng: (1000, 64), seed=1342),
+        Case(
+            "small",
+            "N = 12, block = 4",
+            lambda rng: (12, 4),
+            seed=1341,
+            secret=with_unit(range(2, 7), lambda rng, block: (multiple(rng, block, 2, 5), block)),
+        ),
+        Case(
+            "partial_tile",
+            "N = 1000, block = 64: the last tile is partial",
+            lambda rng: (1000, 64),
+            seed=1342,
+            secret=with_unit((32, 64, 128), lambda rng, block: (partial(rng, block, 8, 20), block)),
+        ),
         Case(
             "long_sequence",
             "N = 131072, block = 128",
             lambda rng: (131_072, 128),
             seed=1343,
+            secret=with_unit((64, 128, 256), lambda rng, block: (multiple(rng, block, 600, 1024), block)),
             points=2.0,
         ),
     ),

@@ -40,6 +40,7 @@ from ...softmax import softmax as reference_softmax
 from ..judge import Case, Exercise, Mistake, rows_sum_to_one, within_zero_and_one, zero_where_masked
 from .inputs import normal_array
 from .multihead import WRONG_ORDER_MERGE, bias_free_layer, merge_heads_no_transpose
+from .secret_inputs import decoder_masks_case, weight_shapes_case
 
 __all__ = ["EXERCISES"]
 
@@ -90,6 +91,7 @@ MASKS = Exercise(
             "target_lengths: int64 [5, 3, 1], source_lengths: [7, 4, 2], num_targets = 5, num_sources = 7",
             _masks_case([5, 3, 1], [7, 4, 2], 5, 7),
             seed=1601,
+            secret=decoder_masks_case((2, 4), (4, 6), (7, 9)),
             points=2.0,
         ),
         Case(
@@ -97,12 +99,14 @@ MASKS = Exercise(
             "target_lengths: int64 [2, 6], source_lengths: [9, 3], num_targets = 6, num_sources = 9",
             _masks_case([2, 6], [9, 3], 6, 9),
             seed=1602,
+            secret=decoder_masks_case((2, 2), (5, 7), (8, 10)),
         ),
         Case(
             "short_source",
             "target_lengths: int64 [6, 6, 2, 5], source_lengths: [4, 1, 3, 2], num_targets = 6, num_sources = 4",
             _masks_case([6, 6, 2, 5], [4, 1, 3, 2], 6, 4),
             seed=1603,
+            secret=decoder_masks_case((3, 5), (6, 8), (3, 5)),
         ),
     ),
     mistakes=(
@@ -382,15 +386,28 @@ SHAPES = Exercise(
     lesson=LESSON,
     reference=_weight_shapes,
     cases=(
-        Case("small", "B = 2, T = 5, S = 7, num_heads = 3", lambda rng: (2, 5, 7, 3), seed=1631),
+        Case(
+            "small",
+            "B = 2, T = 5, S = 7, num_heads = 3",
+            lambda rng: (2, 5, 7, 3),
+            seed=1631,
+            secret=weight_shapes_case((1, 3), (4, 6), (7, 9), (2, 3)),
+        ),
         Case(
             "short_source",
             "B = 4, T = 9, S = 6, num_heads = 2: a source shorter than the target",
             lambda rng: (4, 9, 6, 2),
             seed=1632,
+            secret=weight_shapes_case((3, 5), (8, 10), (5, 7), (2, 2)),
             points=2.0,
         ),
-        Case("one_sequence", "B = 1, T = 11, S = 13, num_heads = 8", lambda rng: (1, 11, 13, 8), seed=1633),
+        Case(
+            "one_sequence",
+            "B = 1, T = 11, S = 13, num_heads = 8",
+            lambda rng: (1, 11, 13, 8),
+            seed=1633,
+            secret=weight_shapes_case((1, 1), (8, 12), (13, 16), (5, 8)),
+        ),
     ),
     mistakes=(
         Mistake(
