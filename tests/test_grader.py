@@ -741,6 +741,16 @@ def cache_bytes(layers, kv_heads, head_dim, positions, itemsize, batch):
         },
     ),
 }
+WRONG_UNDERSTANDING["wrong_03_squeezed"] = (  # right on every public case; a hidden edge case (one query) shows it
+    MASTER_03,
+    {
+        "scaled_dot_product_attention": GOOD["scaled_dot_product_attention"].replace(
+            "    m = s.max(", "    s = np.squeeze(s)  # drops the query axis when L = 1\n    m = s.max("
+        ),
+    },
+    11,
+    {"scaled_dot_product_attention: no_mask": "a hidden test of this case failed"},
+)
 WRONG["wrong_16"][1].setdefault(  # an older submission: the new task answered wrong, so its score stays as it states
     "attention_weight_shapes", WRONG_UNDERSTANDING["wrong_16_transposed"][1]["attention_weight_shapes"]
 )

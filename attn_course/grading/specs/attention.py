@@ -162,6 +162,22 @@ ATTENTION = Exercise(
             seed=37,
         ),
     ),
+    hidden={
+        "no_mask": (
+            Case(
+                "one_query",
+                "q: float32 (1, 4), k: (9, 4), v: (9, 2), mask None",
+                _attention_case(1, 9, 4, 2),
+                seed=2006,
+            ),
+            Case(
+                "one_key",
+                "q: float32 (3, 5), k: (1, 5), v: (1, 4), mask None: every weight is 1",
+                _attention_case(3, 1, 5, 4),
+                seed=2007,
+            ),
+        ),
+    },
     invariants=(
         zero_where_masked(1, 3),
         within_zero_and_one(1),

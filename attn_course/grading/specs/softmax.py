@@ -88,6 +88,26 @@ SOFTMAX = Exercise(
             seed=23,
         ),
     ),
+    # edge cases a learner never sees (the grader runs them after the public case of the same name passed)
+    hidden={
+        "rows": (
+            Case(
+                "one_key",
+                "x: float32 (4, 1): one key per row, weight 1",
+                lambda rng: (_scores(rng, (4, 1)),),
+                seed=2001,
+            ),
+            Case(
+                "one_row", "x: float32 (7,): a single row, no batch axis", lambda rng: (_scores(rng, (7,)),), seed=2002
+            ),
+            Case(
+                "tied_rows",
+                "x: float32 (3, 6): every score of a row equal, uniform weights",
+                lambda rng: (np.repeat(_scores(rng, (3, 1)), 6, axis=1),),
+                seed=2003,
+            ),
+        ),
+    },
     invariants=(within_zero_and_one(), rows_sum_to_one()),
     mistakes=(
         Mistake("no max shift", NO_SHIFT, _naive),
@@ -228,6 +248,16 @@ MASKED = Exercise(
             ),
         ),
     ),
+    hidden={
+        "some_masked": (
+            Case(
+                "one_key_kept",
+                "x: float32 (4, 6), mask: bool (4, 6) keeping exactly one key per row",
+                lambda rng: (_scores(rng, (4, 6)), np.eye(6, dtype=bool)[rng.integers(0, 6, 4)]),
+                seed=2004,
+            ),
+        ),
+    },
     invariants=(zero_where_masked(0, 1), within_zero_and_one(), rows_sum_to_one(0, mask_arg=1)),
     mistakes=(
         Mistake(
