@@ -20,7 +20,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from .grading import course_paths
+from . import course_paths
 
 CELL_TIMEOUT_SECONDS = 120  # as nbval's --nbval-cell-timeout in the Makefile
 

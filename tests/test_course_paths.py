@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from attn_course.grading import course_paths
-from attn_course.grading.course_paths import CoursePathError
+from attn_course import course_paths
+from attn_course.course_paths import CoursePathError
 
 REPO = Path(__file__).resolve().parents[1]
 MASTERS = ("02_softmax_temperature_and_scaling.ipynb", "06_masking.ipynb")

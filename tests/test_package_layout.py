@@ -67,6 +67,7 @@ APPLICATION_PREFIXES = (
     "attn_course.grade",
     "attn_course.assign",
     "attn_course.lessons",
+    "attn_course.course_paths",
     "attn_course.check_env",
     "attn_course.autograd",
 )

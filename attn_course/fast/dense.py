@@ -73,11 +73,7 @@ def softmax_rows_into(q_rows, keys_t, values, out, masked_parts=()):
     """
     scores = q_rows @ keys_t  # (R, C)
     _mask_into(scores, masked_parts)
-    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        np.exp(scores, out=scores)  # unnormalised weights, unless a row overflows
-        totals = np.sum(scores, axis=1, keepdims=True)  # (R, 1)
-        np.matmul(scores, values, out=out)  # (R, dv)
-        out /= totals
+    totals = _unshifted_weighted_sum_into(scores, values, out)  # (R, 1)
     rows = rows_to_redo(totals[:, 0], out)
     if rows.size:
         parts = [(columns, allowed[rows]) for columns, allowed in masked_parts]
@@ -97,6 +93,20 @@ def rows_to_redo(totals, out) -> np.ndarray:
     """
     safe = (totals >= SMALLEST_SAFE_TOTAL) & (totals <= LARGEST_SAFE_TOTAL) & np.isfinite(out).all(axis=1)
     return np.flatnonzero(~safe)
+
+
+def _unshifted_weighted_sum_into(scores, values, out):
+    """``out[:] = exp(scores) @ values / row sums`` without the max shift; ``scores`` is overwritten by exp(scores).
+
+    scores: (..., R, C), values: (..., C, dv), out: (..., R, dv). Returns the row sums (..., R, 1), which
+    ``rows_to_redo`` checks: a row that overflowed or underflowed must be computed again the stable way.
+    """
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        np.exp(scores, out=scores)  # unnormalised weights, unless a row overflows
+        totals = np.sum(scores, axis=-1, keepdims=True)
+        np.matmul(scores, values, out=out)
+        out /= totals
+    return totals
 
 
 def _mask_into(scores, masked_parts):
@@ -180,10 +190,6 @@ def all_at_once(queries, keys, values, scale, out) -> bool:
     safe range (the caller then takes the row-block path, which redoes such rows).
     """
     scores = (queries * np.asarray(scale, dtype=out.dtype)) @ np.swapaxes(keys, -1, -2)  # (..., L, S)
-    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        np.exp(scores, out=scores)
-        totals = np.sum(scores, axis=-1, keepdims=True)  # (..., L, 1)
-        np.matmul(scores, values, out=out)  # (..., L, dv)
-        out /= totals
+    totals = _unshifted_weighted_sum_into(scores, values, out)  # (..., L, 1)
     flat = out.reshape(-1, out.shape[-1])  # (rows, dv)
     return rows_to_redo(totals.reshape(-1), flat).size == 0

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import nbformat
 
-from . import course_paths
+from .. import course_paths
 from .specs import EXERCISES
 
 __all__ = [

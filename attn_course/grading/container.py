@@ -743,7 +743,7 @@ def main(argv=None) -> int:
         return inside_stage(args)
     if not args.paths or args.out is None or args.jobs < 1:
         parser.error("give the submissions, --out DIR and --jobs of at least 1")
-    from . import course_paths
+    from .. import course_paths
 
     try:
         solutions = course_paths.solutions_dir(args.solutions)

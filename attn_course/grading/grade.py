@@ -66,8 +66,7 @@ from pathlib import Path
 import nbformat
 from tqdm import tqdm
 
-from .. import __version__
-from . import course_paths
+from .. import __version__, course_paths
 from .answer_scan import bound_names, package_names, scan_answers, used_names
 from .assign import MASTER_NAME, META_KEY, SOLUTIONS_DIR, AssignError, Master, build_exercise, read_master
 from .judge import Verdict, judge

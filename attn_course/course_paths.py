@@ -29,7 +29,7 @@ __all__ = [
     "solutions_dir",
 ]
 
-CHECKOUT = Path(__file__).resolve().parents[2]  # attn_course/grading/course_paths.py -> the folder holding the package
+CHECKOUT = Path(__file__).resolve().parents[1]  # attn_course/course_paths.py -> the folder holding the package
 MASTER_GLOB = "[0-9][0-9]_*.ipynb"
 
 
