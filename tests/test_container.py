@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from attn_course.grading import assign, container
+from attn_course.grading import assign, container, grade
 from attn_course.grading.container import RunSettings, check_report, grade_in_sandbox
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,6 +89,19 @@ def test_file_names_and_csv_cells_are_made_harmless():
     sha = "ab" * 32
     assert container.safe_file_name("../02 softmax\n\x1b[2J-alice.ipynb", sha) == f"02_softmax_2J-alice-{sha[:12]}"
     assert container.safe_file_name("...ipynb", sha) == f"submission-{sha[:12]}"
+
+
+def test_the_staged_submission_keeps_only_its_own_exercise_number(tmp_path):
+    """The sandbox's copy is named by the learner's file name alone: a hash like ``...a17b...`` added to it read as
+    exercise 17 beside 02, and the grader refused the file as ambiguous (it depended on the file's bytes)."""
+    solutions = tmp_path / "solutions"
+    solutions.mkdir()
+    for master in ("02_softmax.ipynb", "17_summaries.ipynb"):
+        (solutions / master).write_text("{}")
+    staged = tmp_path / (container.safe_stem("02 carol.ipynb") + ".ipynb")
+    assert staged.name == "02_carol.ipynb"
+    options = grade.Options(solutions=solutions)
+    assert grade.find_master(nbformat.v4.new_notebook(), staged, options) == solutions / "02_softmax.ipynb"
     assert container.sanitise_cell("=HYPERLINK(1)") == "'=HYPERLINK(1)"
     assert container.sanitise_cell("@cmd") == "'@cmd"
     assert container.sanitise_cell("alice\nbob\x1b[31m") == "alice?bob?[31m"

@@ -84,6 +84,7 @@ __all__ = [
     "namespaces_unavailable",
     "read_submission_bytes",
     "safe_file_name",
+    "safe_stem",
     "sanitise_cell",
     "write_keyless_masters",
 ]
@@ -177,10 +178,16 @@ def write_keyless_masters(solutions: Path, target: Path) -> dict[str, MasterInfo
 # --------------------------------------------------------------------------- names a learner chose
 
 
-def safe_file_name(name: str, sha256: str) -> str:
-    """A file name made only of letters, digits, ``.``, ``_`` and ``-`` (digits kept: they name the exercise)."""
+def safe_stem(name: str) -> str:
+    """The file name's stem made only of letters, digits, ``.``, ``_`` and ``-`` (digits kept: they name the
+    exercise, and nothing adds digits that the grader could read as another exercise's number)."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem).strip("._-")[:80]
-    return f"{stem or 'submission'}-{sha256[:12]}"
+    return stem or "submission"
+
+
+def safe_file_name(name: str, sha256: str) -> str:
+    """``safe_stem(name)`` and the first 12 hex digits of the file's SHA-256: a report's name in the output folder."""
+    return f"{safe_stem(name)}-{sha256[:12]}"
 
 
 def sanitise_cell(text: str) -> str:
@@ -572,7 +579,8 @@ def grade_in_sandbox(
     sha256 = hashlib.sha256(data).hexdigest()
     with tempfile.TemporaryDirectory(prefix="attn_sandbox_in_") as staging:
         # the sandbox gets a copy under a safe name: the bytes hashed are the bytes graded
-        submission = Path(staging) / (safe_file_name(path.name, sha256) + ".ipynb")
+        # (the staging folder is this run's own: no hash in the name, whose hex digits could name another exercise)
+        submission = Path(staging) / (safe_stem(path.name) + ".ipynb")
         submission.write_bytes(data)
         submission.chmod(0o644)
         Path(staging).chmod(0o755)
