@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from attn_course.grading import assign, container, grade
+from attn_course.grading import assign, container, grade, gradebook
 from attn_course.grading.container import RunSettings, check_report, grade_in_sandbox
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,8 +87,9 @@ def test_a_keyless_master_holds_no_answer_and_grades_like_the_master(tmp_path, m
 
 def test_file_names_and_csv_cells_are_made_harmless():
     sha = "ab" * 32
-    assert container.safe_file_name("../02 softmax\n\x1b[2J-alice.ipynb", sha) == f"02_softmax_2J-alice-{sha[:12]}"
-    assert container.safe_file_name("...ipynb", sha) == f"submission-{sha[:12]}"
+    name = container.report_file_name("../02 softmax\n\x1b[2J-alice.ipynb", sha)
+    assert name == f"02_softmax_2J-alice-{sha[:16]}.json"
+    assert container.report_file_name("...ipynb", sha) == f"submission-{sha[:16]}.json"
 
 
 def test_the_staged_submission_keeps_only_its_own_exercise_number(tmp_path):
@@ -98,13 +99,13 @@ def test_the_staged_submission_keeps_only_its_own_exercise_number(tmp_path):
     solutions.mkdir()
     for master in ("02_softmax.ipynb", "17_summaries.ipynb"):
         (solutions / master).write_text("{}")
-    staged = tmp_path / (container.safe_stem("02 carol.ipynb") + ".ipynb")
+    staged = tmp_path / (gradebook.safe_stem("02 carol.ipynb") + ".ipynb")
     assert staged.name == "02_carol.ipynb"
     options = grade.Options(solutions=solutions)
     assert grade.find_master(nbformat.v4.new_notebook(), staged, options) == solutions / "02_softmax.ipynb"
-    assert container.sanitise_cell("=HYPERLINK(1)") == "'=HYPERLINK(1)"
-    assert container.sanitise_cell("@cmd") == "'@cmd"
-    assert container.sanitise_cell("alice\nbob\x1b[31m") == "alice?bob?[31m"
+    assert gradebook.clean_text("=HYPERLINK(1)") == "'=HYPERLINK(1)"
+    assert gradebook.clean_text("@cmd") == "'@cmd"
+    assert gradebook.clean_text("alice\nbob\x1b[31m") == "alice bob?[31m"
 
 
 # --------------------------------------------------------------------------- the host's check of a report
@@ -397,16 +398,19 @@ def test_namespace_batch_grades_masters_full_and_stubs_zero(tmp_path):
     command = [str(submissions), "--out", str(out), "--engine", "namespace", "--jobs", "2", "--", "--seed", "11"]
     assert container.main(command) == 0
     with open(out / "grades.csv", newline="", encoding="utf-8") as handle:
-        rows = {row["submission"]: row for row in csv.DictReader(handle)}
+        rows = {row["file"]: row for row in csv.DictReader(handle)}
     max_score = assign.read_master(assign.SOLUTIONS_DIR / f"{MASTER_02}.ipynb").max_score
     assert rows["02_alice.ipynb"]["score"] == f"{max_score:g}", rows
     assert rows["'=02 bob.ipynb"]["score"] == "0", rows
-    alice = json.loads((out / rows["02_alice.ipynb"]["report"]).read_text())
+    def report_of(name):
+        return json.loads((out / container.report_file_name(name, rows[name]["sha256"])).read_text())
+
+    alice = report_of("02_alice.ipynb")
     assert alice["extra_data"]["sandbox"] == "namespace"
     assert alice["extra_data"]["sha256"] == rows["02_alice.ipynb"]["sha256"]
     assert {test["status"] for test in alice["tests"]} == {"passed"}
-    carol_report = json.loads((out / rows["02_carol.ipynb"]["report"]).read_text())
-    assert rows["02_carol.ipynb"]["problems"] == "", "the forged line would have made the sandbox print two"
+    carol_report = report_of("02_carol.ipynb")
+    assert rows["02_carol.ipynb"]["sandbox_problems"] == "", "the forged line would have made the sandbox print two"
     assert carol_report["score"] == max_score, carol_report["output"]  # her answers ran, forgery and all
     time.sleep(0.5)
     assert running_with(marker) == []

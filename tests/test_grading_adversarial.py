@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -174,9 +175,12 @@ def forged_report_answer(out: Path, gradebook: Path) -> str:
 import os
 import pathlib
 
-pathlib.Path("{out}").write_text('{{"forged": true}}')
-if not os.path.exists("{gradebook}"):
-    os.mkfifo("{gradebook}")
+try:  # a kernel of its own user (a root grader) may write neither: the forger goes on either way
+    pathlib.Path("{out}").write_text('{{"forged": true}}')
+    if not os.path.exists("{gradebook}"):
+        os.mkfifo("{gradebook}")
+except OSError:
+    pass
 """ + HONEST_02["entropy_limits"]
 
 
@@ -198,13 +202,11 @@ def with_02(**answers) -> dict:
 ODD_NAME = '=HYPERLINK("x")\n\x1b[31mfake line.ipynb'
 
 
-def build(root: Path) -> dict:
+def build(root: Path, markers: Path) -> dict:
     """Write the batch's submissions; returns the attack table: file name -> (expected score, statuses)."""
     folder, outside = root / "submissions", root / "out"
     folder.mkdir(parents=True)
     outside.mkdir()
-    markers = root / "markers"
-    markers.mkdir()
     out, gradebook = outside / "report.json", outside / "grades.csv"
     hostile = {
         "answer_key_02": (with_02(softmax="def softmax(x):\n    return package_softmax(x)\n"), FULL_02 - 5),
@@ -248,7 +250,15 @@ def build(root: Path) -> dict:
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
     root = tmp_path_factory.mktemp("adversarial")
-    built = build(root)
+    # where the process attacks note their pids: a folder any user may write, since a root grader runs each kernel
+    # as a user of its own (pytest's own folders are root's, closed to others)
+    with tempfile.TemporaryDirectory(prefix="attn_markers_") as markers:
+        os.chmod(markers, 0o1777)
+        yield from _graded_batch(root, Path(markers))
+
+
+def _graded_batch(root: Path, markers: Path):
+    built = build(root, markers)
     command = [sys.executable, "-m", "attn_course.grade", str(built["folder"]), "--jobs", str(JOBS)]
     command += ["--out", str(built["out"]), "--csv", str(built["gradebook"]), "--reports", str(root / "out" / "each")]
     command += ["--seed", str(SEED), "--no-progress"] + [str(x) for pair in LIMITS.items() for x in pair]
@@ -259,7 +269,7 @@ def batch(tmp_path_factory):
     document = json.loads(built["out"].read_text())
     with open(built["gradebook"], newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    return {
+    yield {
         **built,
         "document": document,
         "rows": rows,
@@ -358,6 +368,18 @@ def test_reports_are_the_grader_s_own(batch):
     for path in each:
         found = json.loads(path.read_text())
         assert path.name.endswith(f"-{found['extra_data']['sha256'][:16]}.json")
+
+
+def test_the_gradebook_rebuilt_from_the_reports_is_the_batch_s(batch, tmp_path):
+    """``python -m attn_course.grading.gradebook DIR --csv`` gives the batch's own rows back, from its JSON files."""
+    rebuilt = tmp_path / "rebuilt.csv"
+    command = [sys.executable, "-m", "attn_course.grading.gradebook", str(batch["root"] / "out" / "each")]
+    done = subprocess.run([*command, "--csv", str(rebuilt)], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "0 refused" in done.stdout
+    with open(rebuilt, newline="", encoding="utf-8") as handle:
+        rows = {row["submission"]: row for row in csv.DictReader(handle)}
+    assert rows == {row["submission"]: row for row in batch["rows"]}
 
 
 def test_huge_errors_cost_a_bounded_output(batch):

@@ -25,7 +25,7 @@ One sandbox per submission, for the whole run of ``python -m attn_course.grade``
   the bytes it put in the sandbox, the master's name and maximum score, a score that is the
   sum of its tests and within bounds. A report that fails a check scores 0, with the reason.
 
-The host writes one JSON per learner, ``<name>-<sha256[:12]>.json`` (written to a temporary
+The host writes one JSON per learner, ``<name>-<sha256[:16]>.json`` (written to a temporary
 file and renamed), and ``grades.csv`` built from those reports, with the learner's file name
 in every row (control characters removed, no spreadsheet-formula prefix).
 
@@ -52,15 +52,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import ctypes
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -69,6 +66,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .gradebook import clean_text, flag_duplicates, report_name, safe_stem, write_atomically, write_gradebook
+from .result_files import open_regular
 
 __all__ = [
     "ENVELOPE_FORMAT",
@@ -83,9 +83,7 @@ __all__ = [
     "namespace_command",
     "namespaces_unavailable",
     "read_submission_bytes",
-    "safe_file_name",
-    "safe_stem",
-    "sanitise_cell",
+    "report_file_name",
     "write_keyless_masters",
 ]
 
@@ -178,22 +176,10 @@ def write_keyless_masters(solutions: Path, target: Path) -> dict[str, MasterInfo
 # --------------------------------------------------------------------------- names a learner chose
 
 
-def safe_stem(name: str) -> str:
-    """The file name's stem made only of letters, digits, ``.``, ``_`` and ``-`` (digits kept: they name the
-    exercise, and nothing adds digits that the grader could read as another exercise's number)."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem).strip("._-")[:80]
-    return stem or "submission"
-
-
-def safe_file_name(name: str, sha256: str) -> str:
-    """``safe_stem(name)`` and the first 12 hex digits of the file's SHA-256: a report's name in the output folder."""
-    return f"{safe_stem(name)}-{sha256[:12]}"
-
-
-def sanitise_cell(text: str) -> str:
-    """A value safe in a CSV cell and on a terminal: no control characters, no spreadsheet formula."""
-    text = "".join(char if char.isprintable() else "?" for char in str(text))
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+def report_file_name(name: str, sha256: str) -> str:
+    """The name of a learner's report in the output folder: the cleaned file stem and 16 hex digits of its SHA-256
+    (the same rule as ``python -m attn_course.grade --reports``; see :mod:`attn_course.grading.gradebook`)."""
+    return report_name({"extra_data": {"submission": name, "sha256": sha256}})
 
 
 # --------------------------------------------------------------------------- command lines
@@ -426,15 +412,9 @@ def _kill_the_rest(grader: subprocess.Popen) -> int:
 
 def read_report_file(path: Path) -> dict:
     """The grader's JSON report: a regular file (no link, FIFO or device), at most 16 MB."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    with os.fdopen(descriptor, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError("the report is not a regular file")
-        data = handle.read(MAX_REPORT_BYTES + 1)
-    if len(data) > MAX_REPORT_BYTES:
-        raise ValueError("the report is larger than 16 MB")
-    return json.loads(data)
+    handle, _ = open_regular(Path(path), MAX_REPORT_BYTES)
+    with handle:
+        return json.loads(handle.read())
 
 
 def inside_stage(args) -> int:
@@ -556,14 +536,9 @@ def _kill_engine_container(engine: str, name: str) -> None:
 def read_submission_bytes(path: Path, limit: int = MAX_SUBMISSION_BYTES) -> bytes:
     """A submission's bytes: a regular file, not a link (a link in a folder of submissions could point at a master),
     FIFO or device, read without blocking, at most ``limit`` bytes (the grader inside refuses more than 10 MB)."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    with os.fdopen(descriptor, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise ValueError("not a regular file")
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise ValueError(f"larger than {limit // 2**20} MB")
-    return data
+    handle, _ = open_regular(Path(path), limit)
+    with handle:
+        return handle.read(limit)
 
 
 def grade_in_sandbox(
@@ -616,7 +591,7 @@ def grade_in_sandbox(
         except ValueError as err:
             last = [line for line in stderr_tail.splitlines() if line.strip()][-1:]
             why = f"the sandbox's report could not be read ({err})" + (
-                f"; its last words: {sanitise_cell(last[0].strip())[:300]}" if last else ""
+                f"; its last words: {clean_text(last[0].strip())[:300]}" if last else ""
             )
     if why is not None:
         return SandboxResult(path, sha256, _failed_report(path, sha256, why, engine), engine, [why], stderr_tail)
@@ -639,40 +614,23 @@ def grade_in_sandbox(
     return SandboxResult(path, sha256, report, engine, [], stderr_tail)
 
 
-def _write_atomically(target: Path, text: str) -> None:
-    handle = tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".part", encoding="utf-8")
-    with handle:
-        handle.write(text)
-    os.replace(handle.name, target)
-
-
 def write_results(results: list[SandboxResult], out: Path) -> Path:
-    """One JSON per learner and ``grades.csv`` built from them; returns the CSV's path."""
+    """One JSON per learner (:func:`report_file_name`) and ``grades.csv`` built from those reports (the gradebook of
+    ``python -m attn_course.grade``, with the sandbox engine and the host's problems in two more columns)."""
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    reports = {}
     for result in results:
-        stem = safe_file_name(result.path.name, result.sha256)
-        _write_atomically(out / f"{stem}.json", json.dumps(result.report, indent=1) + "\n")
-        extra = result.report.get("extra_data", {})
-        rows.append(
-            {
-                "submission": sanitise_cell(result.path.name),
-                "sha256": result.sha256,
-                "status": sanitise_cell(extra.get("status", "")),
-                "master": sanitise_cell(extra.get("master") or ""),
-                "score": f"{result.report['score']:g}",
-                "max_score": f"{result.report['max_score']:g}",
-                "report": f"{stem}.json",
-                "sandbox": result.engine,
-                "problems": sanitise_cell(" | ".join(result.problems)),
-            }
+        extra = result.report.setdefault("extra_data", {})
+        extra.update(submission=str(result.path), sha256=result.sha256 or extra.get("sha256"), sandbox=result.engine)
+        extra["sandbox_problems"] = list(result.problems)
+        reports[str(result.path)] = result.report
+    flag_duplicates(reports)
+    for result in results:
+        write_atomically(
+            out / report_file_name(result.path.name, result.sha256), json.dumps(result.report, indent=1) + "\n"
         )
     target = out / "grades.csv"
-    with tempfile.NamedTemporaryFile("w", dir=out, delete=False, suffix=".part", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["submission"])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(f.name, target)
+    write_gradebook(reports, target)
     return target
 
 
@@ -777,8 +735,8 @@ def main(argv=None) -> int:
             )
         for path, result in zip(paths, results, strict=True):
             report = result.report
-            status = sanitise_cell(report.get("extra_data", {}).get("status", ""))
-            line = f"{report['score']:6g} / {report['max_score']:<6g} {status:8s} {sanitise_cell(path.name)}"
+            status = clean_text(report.get("extra_data", {}).get("status", ""))
+            line = f"{report['score']:6g} / {report['max_score']:<6g} {status:8s} {clean_text(path.name)}"
             print(line + (f"  ({'; '.join(result.problems)})" if result.problems else ""))
     print(f"wrote {write_results(results, args.out)}")
     return 0

@@ -40,9 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import hashlib
-import io
 import json
 import multiprocessing
 import os
@@ -55,7 +53,6 @@ import tempfile
 import threading
 import time
 import traceback
-import unicodedata
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -69,6 +66,7 @@ from tqdm import tqdm
 from .. import __version__, course_paths
 from .answer_scan import bound_names, package_names, scan_answers, used_names
 from .assign import MASTER_NAME, META_KEY, SOLUTIONS_DIR, AssignError, Master, build_exercise, read_master
+from .gradebook import clean_text, flag_duplicates, report_name, write_atomically, write_gradebook
 from .judge import Verdict, judge
 from .processes import children, harden_grader, kill_leftovers
 from .result_files import RecordError, read_result, set_aside, write_inputs
@@ -95,6 +93,7 @@ class Options:
     seed: int | None = None  # the secret cases' seed (None: a random one per submission, in its report)
     max_cells: int = MAX_CELLS
     validation_seconds: float = VALIDATION_SECONDS
+    private: tuple[Path, ...] = ()  # folders the kernel must not see besides the masters (the batch's submissions)
 
 
 class SubmissionError(Exception):
@@ -511,7 +510,7 @@ def scan(master: Master, rebuilt: Rebuilt) -> dict[str, str]:
 _hardening: list[str] | None = None
 
 
-def _run_and_judge(master: Master, rebuilt: Rebuilt, plan: Plan, refused: dict, limits: Limits):
+def _run_and_judge(master: Master, rebuilt: Rebuilt, plan: Plan, refused: dict, limits: Limits, hide=()):
     """Run the rebuilt notebook in a fresh folder, collect each test cell's results, kill what the kernel left
     behind, and judge: ``(tests, log)``."""
     with tempfile.TemporaryDirectory(prefix="attn_grade_") as scratch:
@@ -524,7 +523,7 @@ def _run_and_judge(master: Master, rebuilt: Rebuilt, plan: Plan, refused: dict, 
         collector = Collector(master, record_dir, plan)
         before = children()
         try:
-            log = run_notebook(rebuilt.notebook, workdir, record_dir, limits, collector)
+            log = run_notebook(rebuilt.notebook, workdir, record_dir, limits, collector, hide=hide)
         finally:
             killed = kill_leftovers(before)
         if killed:
@@ -559,7 +558,8 @@ def grade_submission(path, options: Options | None = None) -> dict:
         extra.update(tampering=rebuilt.tampering, notes=rebuilt.notes)
         plan = plan_cases(master, seed, extra["sha256"])
         _kernels_started_here = True
-        tests, log = _run_and_judge(master, rebuilt, plan, refused, options.limits)
+        hide = (Path(options.solutions), path.resolve().parent, *options.private)
+        tests, log = _run_and_judge(master, rebuilt, plan, refused, options.limits, hide)
         extra["notes"] = rebuilt.notes + log.notes + list(_hardening)
         score = sum(test["score"] for test in tests)
         output = _summary(score, max_score, tests, rebuilt.tampering, extra["notes"])
@@ -648,94 +648,6 @@ def grade_many(paths: list[Path], options: Options, jobs: int = 1, progress: boo
 
 # --------------------------------------------------------------------------- the gradebook
 
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def clean_text(text, limit: int = 300) -> str:
-    """``text`` safe for a terminal and a spreadsheet: no control or format characters (a newline or an escape
-    cannot fake a line), no formula (a leading ``= + - @`` gets a quote), at most ``limit`` characters."""
-    flat = str(text).replace("\n", " ")
-    text = "".join(char if unicodedata.category(char)[0] != "C" else "?" for char in flat)[:limit]
-    return "'" + text if text.startswith(FORMULA_START) else text
-
-
-def report_name(report: dict) -> str:
-    """The file name of a learner's own JSON report: the submission's file name (cleaned) and its SHA-256."""
-    extra = report["extra_data"]
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(extra["submission"]).stem).strip("._")[:80] or "submission"
-    return f"{stem}-{(extra.get('sha256') or 'unreadable')[:16]}.json"
-
-
-def flag_duplicates(reports: dict[Path, dict]) -> None:
-    """Note, in each report, the other submissions of the batch whose file has the same SHA-256."""
-    by_hash: dict[str, list[Path]] = {}
-    for path, report in reports.items():
-        sha = report["extra_data"].get("sha256")
-        if sha:
-            by_hash.setdefault(sha, []).append(path)
-    for paths in by_hash.values():
-        for path in paths if len(paths) > 1 else ():
-            others = ", ".join(clean_text(other.name, 80) for other in paths if other != path)
-            reports[path]["extra_data"]["duplicate_of"] = [str(other) for other in paths if other != path]
-            reports[path]["extra_data"].setdefault("notes", []).append(f"the same file as {others}")
-
-
-def write_atomically(target: Path, text: str) -> None:
-    """Write ``text`` to a fresh temporary file beside ``target``, then rename it into place (a planted link,
-    pipe or half-written file at ``target`` is replaced, never followed)."""
-    target = Path(target)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
-def gradebook_text(reports) -> str:
-    """The CSV gradebook of ``reports`` (submission -> report): one row per submission, one column per test,
-    the learner's file name, hashes, seed and the grader's version; every cell cleaned (:func:`clean_text`)."""
-    reports = list(reports.values()) if isinstance(reports, dict) else list(reports)
-    test_names: list[str] = []
-    for report in reports:
-        for test in report["tests"]:
-            if test["name"] not in test_names:
-                test_names.append(test["name"])
-    columns = ["submission", "file", "status", "master", "score", "max_score", *test_names]
-    columns += ["tampering", "notes", "sha256", "duplicate_of", "master_sha256", "seed", "grader_version"]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    for report in reports:
-        extra = report["extra_data"]
-        row = {
-            "submission": str(extra.get("submission", "")),
-            "file": Path(str(extra.get("submission", ""))).name,
-            "status": extra.get("status"),
-            "master": extra.get("master") or "",
-            "score": f"{report['score']:g}",
-            "max_score": f"{report['max_score']:g}",
-            "tampering": " | ".join(extra.get("tampering") or []),
-            "notes": " | ".join(extra.get("notes") or [])
-            or ("" if extra.get("status") == "graded" else report["output"]),
-            "sha256": extra.get("sha256") or "",
-            "duplicate_of": " | ".join(Path(other).name for other in extra.get("duplicate_of") or []),
-            "master_sha256": extra.get("master_sha256") or "",
-            "seed": extra.get("seed", ""),
-            "grader_version": extra.get("grader_version", GRADER_VERSION),
-        }
-        row.update({test["name"]: f"{test['score']:g}" for test in report["tests"]})
-        writer.writerow({key: clean_text(value, 2000) for key, value in row.items()})
-    return buffer.getvalue()
-
-
-def write_gradebook(reports: dict[Path, dict], target: Path) -> None:
-    """A CSV gradebook (see :func:`gradebook_text`), written atomically."""
-    write_atomically(Path(target), gradebook_text(reports))
-
 
 def check_output_paths(targets, inputs) -> str | None:
     """Why the reports cannot be written where asked (None: they can): checked before any grading."""
@@ -799,6 +711,7 @@ def main(argv=None) -> int:
         max_bytes=int(args.max_size_mb * 2**20),
         limits=limits,
         seed=seed,
+        private=tuple(path.resolve() if path.is_dir() else path.resolve().parent for path in args.paths),
     )
     reports = grade_many(paths, options, jobs=args.jobs, progress=not args.no_progress and len(paths) > 1)
     flag_duplicates(reports)

@@ -27,6 +27,22 @@ loses every capability (the bounding set is emptied, so the ``exec`` grants
 none) and can gain none back (``no_new_privs``): it cannot lift the limits
 or open a non-dumpable grader's memory, though it can still write root's files.
 An ordinary user's limits can only be lowered, never raised again.
+
+Two more, where the spec asks for them:
+
+* ``hide`` / ``keep``: the kernel gets a mount namespace of its own in which
+  every ``hide`` path (the masters in ``solutions/``, the course's git history,
+  the batch's submission and report folders, root's home) is covered by an
+  empty read-only tmpfs (a file by ``/dev/null``), except the ``keep`` paths
+  under it (the Python installation, the package, the run's own folders), bound
+  back read-only where they were. Root makes the namespace directly; another
+  user makes it inside a user namespace of its own that maps only itself (the
+  ``exec`` then leaves the kernel no capability in it, so it cannot unmount the
+  covers, and a namespace it makes itself inherits them locked). When neither
+  works, the kernel runs without and the grader notes it;
+* ``pids_cgroup``: a process-count cgroup (``pids.max``) the launcher joins
+  before the ``exec``: unlike ``RLIMIT_NPROC`` it binds root too, and the
+  grader kills whatever is left in it.
 """
 
 import json
@@ -60,6 +76,16 @@ def main() -> None:
             resource.setrlimit(which, (value, value))  # soft = hard: the kernel cannot raise it again
     if hasattr(signal, "SIGXFSZ"):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    if limits.get("pids_cgroup"):
+        with open(os.path.join(limits["pids_cgroup"], "cgroup.procs"), "w") as procs:
+            procs.write(str(os.getpid()))  # the exec keeps the pid: the kernel and all it starts are counted
+    if limits.get("hide"):
+        try:
+            hide_paths(limits["hide"], limits.get("keep", ()))
+        except OSError as err:
+            print(f"launch_with_limits: the answer key could not be hidden ({err})", file=sys.stderr)
+            if limits.get("hide_required"):
+                sys.exit(3)
     if uid is not None:
         os.setgroups([])
         os.setgid(uid)
@@ -69,6 +95,82 @@ def main() -> None:
         _drop_capabilities()
     _no_new_privileges()
     os.execv(command[0], command)
+
+
+CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x20, 0x1000, 0x4000, 0x40000
+SYSTEM_FOLDERS = ("/", "/bin", "/dev", "/etc", "/lib", "/lib64", "/proc", "/sbin", "/sys", "/tmp", "/usr", "/var")
+
+
+def _libc_call(name: str, *args) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if getattr(libc, name)(*args) != 0:
+        number = ctypes.get_errno()
+        raise OSError(
+            number, f"{name}{tuple(a.decode() if isinstance(a, bytes) else a for a in args)}: " + os.strerror(number)
+        )
+
+
+def _mount(source, target, kind, flags, data=None) -> None:
+    encode = lambda text: None if text is None else str(text).encode()
+    _libc_call("mount", encode(source), encode(target), encode(kind), flags, encode(data))
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(text)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path != folder and path.startswith(folder.rstrip("/") + "/")
+
+
+def hide_paths(hide, keep) -> list[str]:
+    """Cover each ``hide`` path with an empty read-only tmpfs (a file with ``/dev/null``) in a new mount namespace,
+    binding the ``keep`` paths under it back read-only; returns the paths covered."""
+    if os.geteuid() == 0:
+        _libc_call("unshare", CLONE_NEWNS)
+    else:  # a user namespace of our own, mapping only ourselves: enough to own the new mount namespace
+        uid, gid = os.getuid(), os.getgid()
+        _libc_call("unshare", CLONE_NEWUSER | CLONE_NEWNS)
+        _write("/proc/self/setgroups", "deny")
+        _write("/proc/self/uid_map", f"{uid} {uid} 1")
+        _write("/proc/self/gid_map", f"{gid} {gid} 1")
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    keep = sorted({os.path.realpath(path) for path in keep if os.path.exists(path)})
+    covered: list[str] = []
+    for path in sorted({os.path.realpath(path) for path in hide}, key=len):
+        if path in SYSTEM_FOLDERS or not os.path.lexists(path):
+            continue
+        if any(_inside(path, done) for done in covered) and not any(_inside(path, kept) for kept in keep):
+            continue  # already out of sight
+        if path in keep:
+            continue
+        if not os.path.isdir(path):
+            _mount("/dev/null", path, None, MS_BIND)
+            covered.append(path)
+            continue
+        under = [kept for kept in keep if _inside(kept, path)]
+        handles = {kept: os.open(kept, os.O_PATH) for kept in under}  # reachable once the cover is on
+        _mount("attn-hidden", path, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
+        for kept, handle in handles.items():
+            if os.path.isdir(f"/proc/self/fd/{handle}"):
+                os.makedirs(kept, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(kept), exist_ok=True)
+                open(kept, "a").close()
+            _mount(f"/proc/self/fd/{handle}", kept, None, MS_BIND | MS_REC)
+            os.close(handle)
+            try:
+                _mount(None, kept, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+            except OSError:
+                pass  # locked flags of the original mount: it stays as writable as it was
+        _mount(None, path, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        covered.append(path)
+    return covered
 
 
 def _prctl(option: int, value: int) -> int:

@@ -17,6 +17,10 @@ it could not do and the rest is a no-op):
   how many it killed; the report says so.
 
 Both calls are cheap (a few system calls, a read of ``/proc/<pid>/task/*/children``).
+
+A grader running as root also puts each kernel in a process-count cgroup of its
+own (:class:`PidsGroup`): ``RLIMIT_NPROC`` never binds root, ``pids.max`` does,
+and whatever is left in the group when the run ends is killed with it.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import secrets
 import signal
 import sys
+import time
 from pathlib import Path
 
-__all__ = ["children", "harden_grader", "is_dumpable", "kill_leftovers"]
+__all__ = ["PidsGroup", "children", "harden_grader", "is_dumpable", "kill_leftovers"]
 
 PR_SET_DUMPABLE = 4
 PR_GET_DUMPABLE = 3
@@ -123,3 +129,65 @@ def kill_leftovers(before: set[int]) -> int:
             with contextlib.suppress(OSError):
                 os.waitpid(pid, 0)
     return len(killed)
+
+
+PIDS_CONTROLLERS = ("/sys/fs/cgroup/pids", "/sys/fs/cgroup")  # cgroup v1's pids hierarchy, or the v2 root
+
+
+class PidsGroup:
+    """A process-count cgroup of its own for one kernel (root only: ``pids.max`` binds root, ``RLIMIT_NPROC`` does not).
+
+    ``PidsGroup.create(limit)`` makes ``<controller>/attn_grade_<random>`` with ``pids.max = limit``, or returns
+    None where no writable pids controller exists (not root, no cgroup file system). The kernel's launcher joins it
+    (``path`` in its spec) before the ``exec``; :meth:`close` kills what is left in it and removes it.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+
+    @classmethod
+    def create(cls, limit: int) -> PidsGroup | None:
+        if not sys.platform.startswith("linux") or os.geteuid() != 0:
+            return None
+        for controller in PIDS_CONTROLLERS:
+            path = os.path.join(controller, f"attn_grade_{os.getpid()}_{secrets.token_hex(6)}")
+            try:
+                os.mkdir(path)
+            except OSError:
+                continue
+            try:  # a group without pids.max: not a pids hierarchy (or v2 without the controller enabled)
+                with open(os.path.join(path, "pids.max"), "w") as handle:
+                    handle.write(str(int(limit)))
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+                continue
+            return cls(path)
+        return None
+
+    def members(self) -> set[int]:
+        try:
+            with open(os.path.join(self.path, "cgroup.procs")) as handle:
+                return {int(line) for line in handle if line.strip()}
+        except OSError:
+            return set()
+
+    def close(self) -> int:
+        """Kill every process still in the group (frozen first), remove the group; returns how many were killed."""
+        killed: set[int] = set()
+        for _ in range(MAX_PASSES):
+            left = self.members() - killed
+            if not left:
+                break
+            _signal_all(left, signal.SIGSTOP)
+            _signal_all(left, signal.SIGKILL)
+            killed |= left
+            _reap(left)
+        for _ in range(50):  # the group can be removed once its last member is gone
+            try:
+                os.rmdir(self.path)
+                break
+            except OSError:
+                time.sleep(0.02)
+        return len(killed)
+

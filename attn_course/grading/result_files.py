@@ -35,6 +35,7 @@ from .judge import Opaque, Raised, describe
 __all__ = [
     "RecordError",
     "load_array",
+    "open_regular",
     "read_inputs",
     "read_result",
     "set_aside",
@@ -150,7 +151,7 @@ def write_result(record_dir, exercise: str, case_name: str, value=None, error: B
     _write_json(folder / f"{case_name}.json", record)
 
 
-def _open_regular(path: Path, limit: int):
+def open_regular(path: Path, limit: int):
     """Open ``path`` for reading if it is a regular file (not a link) of at most ``limit`` bytes.
 
     Opened without following a link and without blocking (a named pipe or a
@@ -175,7 +176,7 @@ def _open_regular(path: Path, limit: int):
 def load_array(path) -> np.ndarray:
     """Load a ``.npy`` file written by the kernel, checking it before allocating anything (grader side)."""
     path = Path(path)
-    handle, size = _open_regular(path, MAX_ARRAY_BYTES + 4096)
+    handle, size = open_regular(path, MAX_ARRAY_BYTES + 4096)
     with handle:
         try:
             version = np.lib.format.read_magic(handle)
@@ -233,7 +234,7 @@ def read_result(record_dir, exercise: str, case_name: str):
     path = folder / f"{case_name}.json"
     if not os.path.lexists(path):
         return None
-    handle, _ = _open_regular(path, MAX_JSON_BYTES)
+    handle, _ = open_regular(path, MAX_JSON_BYTES)
     with handle:
         try:
             record = json.loads(handle.read().decode("utf-8"))

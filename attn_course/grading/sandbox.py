@@ -53,6 +53,8 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from traitlets import Int, Unicode
 
+from .processes import PidsGroup
+
 __all__ = ["CellOutcome", "Limits", "RunLog", "run_notebook"]
 
 LAUNCHER = Path(__file__).with_name("launch_with_limits.py")  # run as a file, by this path
@@ -77,7 +79,8 @@ class Limits:
     startup_timeout: float = 60.0  # seconds for the kernel to start
     separate_user: bool = True  # a grader running as root runs each kernel as an unprivileged user of its own
 
-    def launcher_spec(self, uid: int | None = None) -> str:
+    def launcher_spec(self, uid: int | None = None, **more) -> str:
+        """The launcher's JSON: these limits, the kernel's user, and ``more`` (``hide``, ``keep``, ``pids_cgroup``)."""
         return json.dumps(
             {
                 "memory_bytes": self.memory_mb * 2**20,
@@ -87,6 +90,7 @@ class Limits:
                 "open_files": self.open_files,
                 "uid": uid,
                 "drop_capabilities": True,
+                **more,
             }
         )
 
@@ -226,9 +230,16 @@ BLOCKED_MODULES = (
 )
 
 
-def kernel_environment(record_dir: Path, scratch: Path) -> dict[str, str]:
-    """The kernel's environment: the grader's, plus where to record, one thread, no GPU probing."""
+def is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def kernel_environment(record_dir: Path, scratch: Path, home: bool = False) -> dict[str, str]:
+    """The kernel's environment: the grader's, plus where to record, one thread, no GPU probing (and, for a kernel
+    of its own user, ``HOME`` in its scratch folder)."""
     env = dict(os.environ)
+    if home:
+        env["HOME"] = str(scratch)
     python_path = [str(PACKAGE_PARENT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env.update(
         {
@@ -250,28 +261,59 @@ def kernel_environment(record_dir: Path, scratch: Path) -> dict[str, str]:
     return env
 
 
-_separate_user_works: bool | None = None
+def kept_paths(*run_folders) -> list[str]:
+    """What the kernel must still reach where its answer key is hidden: the Python installation, the package,
+    the folders on its import path (none of them holds an answer) and the run's own folders."""
+    places = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    places |= {str(PACKAGE_PARENT / "attn_course"), *map(str, run_folders)}
+    places |= {entry for entry in sys.path if entry and os.path.isdir(entry) and Path(entry) != PACKAGE_PARENT}
+    return sorted(places)
 
 
-def kernel_user(limits: Limits) -> int | None:
+def hidden_paths(extra=()) -> list[str]:
+    """What the kernel must not see: the course's git history (old masters), ``extra`` (the masters, the batch's
+    folders) and, for a root grader, root's home (the kernel's user could not enter it anyway; the interpreter
+    kept there is bound back)."""
+    paths = [str(PACKAGE_PARENT / ".git"), *map(str, extra)]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        paths.append(os.path.expanduser("~root"))
+    return paths
+
+
+_isolation: dict[tuple, bool] = {}
+
+
+def _launcher_works(spec: dict) -> bool:
+    """Whether the launcher starts the interpreter with ``spec`` and the package imports (tried once per spec)."""
+    key = json.dumps(spec, sort_keys=True)
+    if key not in _isolation:
+        command = [sys.executable, str(LAUNCHER), json.dumps({**spec, "hide_required": True}), "--"]
+        command += [sys.executable, "-c", "import attn_course.grading"]
+        env = {**os.environ, "PYTHONPATH": str(PACKAGE_PARENT)}
+        try:
+            done = subprocess.run(command, cwd="/", env=env, capture_output=True, timeout=60, check=False)
+            _isolation[key] = done.returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            _isolation[key] = False
+    return _isolation[key]
+
+
+def kernel_user(limits: Limits, isolation: dict | None = None) -> int | None:
     """The unprivileged user a root grader runs the kernel as (a fresh id per run), else None (same user).
 
-    Tried once per process: when that user cannot run the interpreter or import the package (a Python in
-    root's home), None, and the root kernel runs without capabilities instead (see launch_with_limits.py).
+    Tried once per process (with the mount namespace ``isolation`` that hides root's home and binds the interpreter
+    back): when that user still cannot run the interpreter or import the package, None, and the root kernel runs
+    without capabilities instead (see launch_with_limits.py).
     """
-    global _separate_user_works  # noqa: PLW0603 (a fact about this machine)
     if not limits.separate_user or not hasattr(os, "geteuid") or os.geteuid() != 0:
         return None
     uid = 200_000 + secrets.randbelow(800_000)
-    if _separate_user_works is None:
-        spec = json.dumps({"uid": uid})
-        probe = [sys.executable, str(LAUNCHER), spec, "--", sys.executable, "-c", "import attn_course.grading"]
-        try:
-            done = subprocess.run(probe, cwd="/", capture_output=True, timeout=60, check=False)
-            _separate_user_works = done.returncode == 0
-        except (OSError, subprocess.SubprocessError):
-            _separate_user_works = False
-    return uid if _separate_user_works else None
+    return uid if _launcher_works({"uid": 123_457, **(isolation or {})}) else None
+
+
+def isolation_works(isolation: dict) -> bool:
+    """Whether the kernel can be started with its answer key hidden (``isolation``: ``hide`` and ``keep``)."""
+    return _launcher_works(isolation)
 
 
 def prepare_scratch(scratch: Path, uid: int | None) -> None:
@@ -416,28 +458,41 @@ async def _run_cells(client: CappedClient, notebook, limits: Limits, log: RunLog
                     log.notes.append(stop_reason)
 
 
-def run_notebook(notebook, workdir, record_dir, limits: Limits | None = None, hooks: CellHooks | None = None) -> RunLog:
+def run_notebook(
+    notebook, workdir, record_dir, limits: Limits | None = None, hooks: CellHooks | None = None, hide=()
+) -> RunLog:
     """Execute the code cells of ``notebook`` (modified in place: outputs) in ``workdir``; never raises for
     anything the notebook does. ``record_dir`` is passed to the kernel as ``ATTN_COURSE_RECORD_DIR``;
-    ``hooks`` are called around each code cell. When the grader runs as root, the kernel runs as a fresh
-    unprivileged user that owns only ``workdir``, ``record_dir`` and its own scratch folder."""
+    ``hooks`` are called around each code cell. The kernel does not see ``hide`` (the masters, the batch's
+    folders), the course's git history nor, for a root grader, root's home (:func:`hidden_paths`). When the
+    grader runs as root, the kernel runs as a fresh unprivileged user that owns only ``workdir``,
+    ``record_dir`` and its own scratch folder, in a process-count cgroup of its own."""
     limits = limits or Limits()
     workdir, record_dir = Path(workdir), Path(record_dir)
     scratch = workdir.parent / f"{workdir.name}-kernel"
     scratch.mkdir(parents=True, exist_ok=True)
-    uid = kernel_user(limits)
+    log = RunLog()
+    isolation = {"hide": hidden_paths(hide), "keep": kept_paths()}
+    if not isolation_works(isolation):
+        log.notes.append("the masters and the batch's folders could not be hidden from the kernel (no mount namespace)")
+        isolation = None
+    uid = kernel_user(limits, isolation)
     prepare_scratch(scratch, uid)
     if uid is not None:
         os.chmod(workdir.parent, 0o711)  # the kernel's user may pass through, not list
         for folder in (workdir, record_dir):
             os.chown(folder, uid, uid)
+    more = {"hide": isolation["hide"], "keep": kept_paths(workdir.parent)} if isolation else {}
+    group = PidsGroup.create(limits.processes) if uid is not None or is_root() else None
+    if group is not None:
+        more["pids_cgroup"] = group.path
     manager = LimitedKernelManager(
         kernel_name="python3",
         transport="ipc",
         ip=str(scratch / "ipc"),
     )
     manager.connection_file = str(scratch / "kernel.json")
-    manager.limits_spec = limits.launcher_spec(uid)
+    manager.limits_spec = limits.launcher_spec(uid, **more)
     manager.kernel_uid = -1 if uid is None else uid
     client = CappedClient(
         notebook,
@@ -453,9 +508,8 @@ def run_notebook(notebook, workdir, record_dir, limits: Limits | None = None, ho
         notebook_limit=limits.notebook_output_chars,
         resources={"metadata": {"path": str(workdir)}},
     )
-    log = RunLog()
     started = time.monotonic()
-    env = kernel_environment(record_dir, scratch)
+    env = kernel_environment(record_dir, scratch, home=uid is not None)
     run = {"hooks": hooks or CellHooks(), "scratch": scratch, "folders": (workdir, record_dir, scratch)}
     try:
         asyncio.run(_run_cells(client, notebook, limits, log, env, run))
@@ -465,6 +519,10 @@ def run_notebook(notebook, workdir, record_dir, limits: Limits | None = None, ho
         for index, cell in enumerate(notebook.cells):
             if cell.cell_type == "code" and index not in log.cells:
                 log.cells[index] = CellOutcome("not_run", reason)
+    if group is not None:
+        left = group.close()
+        if left:
+            log.notes.append(f"{left} process(es) the kernel left running were killed")
     if uid is not None:
         removed = remove_files_of(uid)
         if removed:
