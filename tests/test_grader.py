@@ -751,6 +751,61 @@ WRONG_UNDERSTANDING["wrong_03_squeezed"] = (  # right on every public case; a hi
     11,
     {"scaled_dot_product_attention: no_mask": "a hidden test of this case failed"},
 )
+WRONG_UNDERSTANDING.update(  # more answers right on every public case that a hidden edge case shows wrong
+    {
+        "wrong_01_axes": (  # axes counted from the front: one batch axis works, two do not
+            MASTER_01,
+            {
+                "dot_product_similarity": """
+def dot_product_similarity(q, k):
+    return q @ (np.swapaxes(k, 1, 2) if k.ndim == 3 else k.T)
+""",
+            },
+            8,  # the master's cosine_similarity calls this dot_product_similarity: it fails with it
+            {
+                "dot_product_similarity: batched": "a hidden test of this case failed",
+                "cosine_similarity: batched_float64": "two leading batch axes",
+            },
+        ),
+        "wrong_11_accumulated": (  # R_k OR R_k M: the same as R_k M only while every token sees itself
+            "11_sparse_attention_patterns.ipynb",
+            {
+                "receptive_field": """
+def receptive_field(mask, layers):
+    reach = mask.astype(bool)
+    for _ in range(layers - 1):
+        reach = reach | ((reach.astype(np.int64) @ mask.astype(np.int64)) > 0)
+    return reach
+""",
+            },
+            17,
+            {"receptive_field: window_three_layers": "a hidden test of this case failed"},
+        ),
+        "wrong_14_products": (  # branches chosen by multiplying with masks: inf * 0 is NaN where exp(x) overflows
+            "14_linear_attention.ipynb",
+            {
+                "elu_feature_map": """
+def elu_feature_map(x):
+    return (x > 0) * (x + 1) + (x <= 0) * np.exp(x)
+""",
+            },
+            15,
+            {"elu_feature_map: matrix": "a hidden test of this case failed"},
+        ),
+        "wrong_17_bincount": (  # np.bincount without minlength: a part with no position drops out of the result
+            "17_application_summarization.ipynb",
+            {
+                "even_spread_shares": """
+def even_spread_shares(labels, num_parts):
+    real = labels[labels >= 0]
+    return np.bincount(real) / real.size
+""",
+            },
+            7,
+            {"even_spread_shares: padded": "a hidden test of this case failed"},
+        ),
+    }
+)
 WRONG["wrong_16"][1].setdefault(  # an older submission: the new task answered wrong, so its score stays as it states
     "attention_weight_shapes", WRONG_UNDERSTANDING["wrong_16_transposed"][1]["attention_weight_shapes"]
 )

@@ -122,6 +122,17 @@ SCORES = Exercise(
             seed=143,
         ),
     ),
+    # edge cases a learner never sees (the grader runs them after the public case of the same name passed)
+    hidden={
+        "lesson_sizes": (
+            Case(
+                "one_key",
+                "query: float32 (4,), keys: (1, 6), W_q: (4, 3), W_k: (6, 3), w: (3,): a single encoder state",
+                _score_args(4, 1, 6, 3),
+                seed=3014,
+            ),
+        ),
+    },
     invariants=(bounded_by_w(),),
     mistakes=(
         Mistake("no tanh", NO_TANH, lambda q, k, W_q, W_k, w: _scores(q, k, W_q, W_k, w, squash=lambda h: h)),
@@ -209,6 +220,25 @@ ADDITIVE = Exercise(
             seed=146,
         ),
     ),
+    hidden={
+        "decoder_steps": (
+            Case(
+                "one_query",
+                "query: float32 (1, 5), keys: (6, 4), values: (6, 7), W_q: (5, 3), W_k: (4, 3), w: (3,): one step",
+                _additive_args(1, 6, 5, 4, 7, 3),
+                seed=3015,
+            ),
+        ),
+        "batched": (
+            Case(
+                "two_batch_axes",
+                "query: float32 (2, 3, 4, 5), keys: (2, 3, 6, 8), values: (2, 3, 6, 7), W_q: (5, 9), W_k: (8, 9), "
+                "w: (9,): two leading batch axes",
+                _additive_args(4, 6, 5, 8, 7, 9, batch=(2, 3)),
+                seed=3016,
+            ),
+        ),
+    },
     invariants=(within_zero_and_one(1), rows_sum_to_one(1)),
     mistakes=(
         Mistake("no tanh", NO_TANH, _additive_variant(squash=lambda h: h)),
@@ -303,6 +333,24 @@ CROSS = Exercise(
             seed=149,
         ),
     ),
+    hidden={
+        "single": (
+            Case(
+                "one_memory_position",
+                "x: float32 (4, 6), memory: (1, 6), W_q, W_k: (6, 5), W_v: (6, 3): every weight is 1",
+                _cross_args(4, 1, 6, 5, 3),
+                seed=3017,
+            ),
+        ),
+        "batched": (
+            Case(
+                "two_batch_axes",
+                "x: float32 (2, 3, 5, 8), memory: (2, 3, 7, 8), W_q, W_k: (8, 4), W_v: (8, 6): two leading batch axes",
+                _cross_args(5, 7, 8, 4, 6, batch=(2, 3)),
+                seed=3018,
+            ),
+        ),
+    },
     invariants=(within_zero_and_one(1), rows_sum_to_one(1)),
     mistakes=(
         Mistake(
@@ -395,6 +443,17 @@ SHUFFLED = Exercise(
             seed=153,
         ),
     ),
+    hidden={
+        "batched": (
+            Case(
+                "two_batch_axes",
+                "output: float32 (3, 2, 4, 6), weights: (3, 2, 4, 5), query_order [3, 1, 0, 2], "
+                "memory_order [4, 0, 3, 1, 2]: two leading batch axes",
+                _shuffle_args(4, 5, 7, 3, 6, [3, 1, 0, 2], [4, 0, 3, 1, 2], batch=(3, 2)),
+                seed=3019,
+            ),
+        ),
+    },
     invariants=(rows_sum_to_one(output=1),),
     mistakes=(
         Mistake(

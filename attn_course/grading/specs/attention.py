@@ -52,6 +52,21 @@ SCORES = Exercise(
         Case("batched", "q: float32 (2, 3, 4), k: float32 (2, 5, 4)", _qk(3, 5, 4, batch=(2,)), seed=32),
         Case("wide_float64", "q: float64 (3, 16), k: float64 (5, 16)", _qk(3, 5, 16, dtype=np.float64), seed=33),
     ),
+    # edge cases a learner never sees (the grader runs them after the public case of the same name passed)
+    hidden={
+        "single": (
+            Case("one_key", "q: float32 (4, 3), k: float32 (1, 3): a single key", _qk(4, 1, 3), seed=3010),
+            Case("one_feature", "q: float32 (3, 1), k: float32 (5, 1): d = 1", _qk(3, 5, 1), seed=3011),
+        ),
+        "batched": (
+            Case(
+                "two_batch_axes",
+                "q: float32 (2, 3, 4, 5), k: float32 (2, 3, 6, 5): two leading batch axes",
+                _qk(4, 6, 5, batch=(2, 3)),
+                seed=3012,
+            ),
+        ),
+    },
     mistakes=(
         Mistake(
             "no scaling",
@@ -163,6 +178,14 @@ ATTENTION = Exercise(
         ),
     ),
     hidden={
+        "batched_with_mask": (
+            Case(
+                "two_batch_axes_with_mask",
+                "q: float32 (2, 3, 4, 5), k: (2, 3, 7, 5), v: (2, 3, 7, 6), mask: bool (4, 7) shared by the batch",
+                _attention_case(4, 7, 5, 6, batch=(2, 3), mask_shape=(4, 7)),
+                seed=3013,
+            ),
+        ),
         "no_mask": (
             Case(
                 "one_query",

@@ -65,6 +65,18 @@ SOFTMAX_BACKWARD = Exercise(
         Case("rows", "p, dp: float32 (3, 7)", _weights_case((3, 7)), seed=1802, points=2.0),
         Case("heads", "p, dp: float32 (2, 4, 6, 5): batch and heads", _weights_case((2, 4, 6, 5)), seed=1803),
     ),
+    # edge cases a learner never sees (the grader runs them after the public case of the same name passed)
+    hidden={
+        "rows": (
+            Case(
+                "one_key",
+                "p, dp: float32 (4, 1): one key per row, p = 1, so the gradient is 0",
+                _weights_case((4, 1)),
+                seed=3080,
+            ),
+            Case("no_row_axis", "p, dp: float32 (6,): a single row, no leading axis", _weights_case((6,)), seed=3081),
+        ),
+    },
     mistakes=(
         Mistake(
             "rowsum term missing",
@@ -167,6 +179,22 @@ BACKWARD = Exercise(
             points=2.0,
         ),
     ),
+    hidden={
+        "one_head": (
+            Case(
+                "one_key",
+                "q: float64 (4, 3), k: (1, 3), v: (1, 5), grad_out: (4, 5): a single key, every weight is 1",
+                _qkv_grad((), (), 4, 1, 3, 5, np.float64),
+                seed=3082,
+            ),
+            Case(
+                "one_query",
+                "q: float64 (1, 3), k: (6, 3), v: (6, 2), grad_out: (1, 2): a single query",
+                _qkv_grad((), (), 1, 6, 3, 2, np.float64),
+                seed=3083,
+            ),
+        ),
+    },
     mistakes=(
         Mistake(
             "rowsum term missing",
@@ -284,6 +312,24 @@ TILE_STEP = Exercise(
             seed=1823,
         ),
     ),
+    hidden={
+        "middle_tile": (
+            Case(
+                "one_query_row",
+                "a tile of 1 query and 4 keys out of 9: q_rows float32 (1, 3), k_cols (4, 3), v_cols (4, 2), "
+                "grad_out_rows (1, 2), lse_rows, row_dot_rows (1,)",
+                _tile_case((), 1, 4, 5, 3, 2),
+                seed=3084,
+            ),
+            Case(
+                "one_key_column",
+                "a tile of 5 queries and 1 key out of 7: q_rows float32 (5, 4), k_cols (1, 4), v_cols (1, 3), "
+                "grad_out_rows (5, 3), lse_rows, row_dot_rows (5,)",
+                _tile_case((), 5, 1, 6, 4, 3),
+                seed=3085,
+            ),
+        ),
+    },
     mistakes=(
         Mistake(
             "weights from a softmax of the tile alone",

@@ -67,6 +67,17 @@ def _norm_case(shape, eps=EPS, scale=3.0, offset=1.0, fresh=False, dtype=np.floa
     return make
 
 
+def _constant_token(make, value=2.5):
+    """``make``'s arguments with token 1 of x made constant (every feature ``value``): its variance is exactly 0."""
+
+    def make_constant(rng):
+        x, *rest = make(rng)
+        x[..., 1, :] = value  # 2.5 and its sums are exact in float32: the mean is 2.5, the variance 0
+        return (x, *rest)
+
+    return make_constant
+
+
 def normalised_mean_zero() -> Invariant:
     """Undoing gamma and beta leaves every token's features with mean 0."""
 
@@ -117,6 +128,32 @@ LAYER_NORM = Exercise(
             seed=194,
         ),
     ),
+    # edge cases a learner never sees (the grader runs them after the public case of the same name passed)
+    hidden={
+        "fresh_layer": (
+            Case(
+                "constant_token",
+                "x: float32 (3, 7) whose token 1 has every feature 2.5 (variance 0), gamma, beta: (7,), eps = 1e-5: "
+                "that token becomes beta",
+                _constant_token(_norm_case((3, 7))),
+                seed=3042,
+            ),
+        ),
+        "batched": (
+            Case(
+                "two_batch_axes_float64",
+                "x: float64 (2, 3, 4, 5), gamma, beta: (5,), eps = 1e-5: two leading batch axes, float64 kept",
+                _norm_case((2, 3, 4, 5), dtype=np.float64),
+                seed=3043,
+            ),
+            Case(
+                "one_token",
+                "x: float32 (1, 9), gamma, beta: (9,), eps = 1e-5: a single token",
+                _norm_case((1, 9)),
+                seed=3044,
+            ),
+        ),
+    },
     invariants=(normalised_mean_zero(),),
     mistakes=(
         Mistake(
@@ -204,6 +241,24 @@ FEED_FORWARD = Exercise(
             seed=197,
         ),
     ),
+    hidden={
+        "block_sizes": (
+            Case(
+                "two_batch_axes",
+                "x: float32 (2, 3, 4, 5), W1: (5, 20), b1: (20,), W2: (20, 5), b2: (5,): two leading batch axes",
+                _mlp_case((2, 3, 4, 5), 20),
+                seed=3045,
+            ),
+        ),
+        "narrow_hidden": (
+            Case(
+                "one_token",
+                "x: float32 (1, 6), W1: (6, 1), b1: (1,), W2: (1, 6), b2: (6,): one token, a hidden layer of width 1",
+                _mlp_case((1, 6), 1),
+                seed=3046,
+            ),
+        ),
+    },
     mistakes=(
         Mistake(
             "ReLU instead of GELU",
@@ -287,6 +342,25 @@ RESIDUAL = Exercise(
             seed=200,
         ),
     ),
+    hidden={
+        "block_sizes": (
+            Case(
+                "two_batch_axes",
+                "x: float32 (2, 3, 4, 5), gamma, beta: (5,), W1: (5, 20), b1: (20,), W2: (20, 5), b2: (5,): two "
+                "leading batch axes",
+                _residual_case((2, 3, 4, 5), 20),
+                seed=3047,
+            ),
+        ),
+        "single_sequence": (
+            Case(
+                "one_token",
+                "x: float32 (1, 6), gamma, beta: (6,), W1: (6, 24), b1: (24,), W2: (24, 6), b2: (6,): a single token",
+                _residual_case((1, 6), 24),
+                seed=3048,
+            ),
+        ),
+    },
     mistakes=(
         Mistake(
             "post-LN",

@@ -47,6 +47,13 @@ def _layout(mask, block, *, reduce=np.any, floor=False, transpose=False):
     return layout.T if transpose else layout
 
 
+def _one_pair(rng, L, S):
+    """An (L, S) mask that allows a single pair, drawn at random."""
+    mask = np.zeros((L, S), dtype=bool)
+    mask[rng.integers(0, L), rng.integers(0, S)] = True
+    return mask
+
+
 def _mask_case(make_mask, block):
     return lambda rng: (make_mask(rng), block)
 
@@ -84,6 +91,25 @@ LAYOUT = Exercise(
             points=2.0,
         ),
     ),
+    # edge cases a learner never sees (the grader runs them after the public case of the same name passed)
+    hidden={
+        "causal_partial_tiles": (
+            Case(
+                "block_larger_than_the_mask",
+                "mask: (5, 7) allowing one pair; block = 8: a single, partial tile",
+                _mask_case(lambda rng: _one_pair(rng, 5, 7), 8),
+                seed=3054,
+            ),
+        ),
+        "rectangular_sparse": (
+            Case(
+                "block_of_one",
+                "mask: random sparse (4, 6); block = 1: every tile is one pair, the layout is the mask",
+                _mask_case(lambda rng: rng.random((4, 6)) < 0.3, 1),
+                seed=3055,
+            ),
+        ),
+    },
     mistakes=(
         Mistake(
             "all instead of any",
@@ -203,6 +229,22 @@ ATTENTION = Exercise(
             points=2.0,
         ),
     ),
+    hidden={
+        "partial_tiles": (
+            Case(
+                "one_query",
+                "q: float32 (1, 5), k: (7, 5), v: (7, 4), block = 3; random layout (1, 3): a single query",
+                _layout_case((), 1, 7, 5, 4, 3, _random_layout),
+                seed=3056,
+            ),
+            Case(
+                "block_larger_than_the_sequences",
+                "q: float32 (5, 4), k: (6, 4), v: (6, 7), block = 8; layout (1, 1): one partial tile, dense attention",
+                _layout_case((), 5, 6, 4, 7, 8, _random_layout),
+                seed=3057,
+            ),
+        ),
+    },
     mistakes=(
         Mistake(
             "no scaling",

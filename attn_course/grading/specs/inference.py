@@ -100,6 +100,26 @@ DECODE = Exercise(
             seed=1903,
         ),
     ),
+    # edge cases a learner never sees (the grader runs them after the public case of the same name passed)
+    hidden={
+        "chunk": (
+            Case(
+                "empty_cache",
+                "the first step, 3 new positions and nothing cached; q, k: (3, 4), v: (3, 6), k_cache: (0, 4), "
+                "v_cache: (0, 6): plain causal attention over the chunk",
+                _decode_case((), 3, 0),
+                seed=3086,
+            ),
+        ),
+        "one_token": (
+            Case(
+                "first_token",
+                "the very first token: q, k: (1, 4), v: (1, 6), k_cache: (0, 4), v_cache: (0, 6): it sees only itself",
+                _decode_case((), 1, 0),
+                seed=3087,
+            ),
+        ),
+    },
     mistakes=(
         Mistake(
             "top-left causal alignment",
@@ -167,6 +187,16 @@ GQA = Exercise(
             seed=1913,
         ),
     ),
+    hidden={
+        "groups_of_2": (
+            Case(
+                "groups_of_1",
+                "q: (3, 4, 5), k: (3, 6, 5), v: (3, 6, 2): as many key/value heads as query heads (plain multi-head)",
+                _gqa_case(3, 3, 4, 6, 5, 2),
+                seed=3088,
+            ),
+        ),
+    },
     mistakes=(
         Mistake(
             "heads repeated in the wrong order",
@@ -287,6 +317,16 @@ BIAS = Exercise(
             secret=alibi_case("rolling_buffer"),
         ),
     ),
+    hidden={
+        "decoding": (
+            Case(
+                "one_head",
+                "num_heads = 1, query_positions [2, 3, 4], key_positions [0, 1, 2, 3, 4]: a single head, (1, 3, 5)",
+                _bias_case(1, [2, 3, 4], range(5)),
+                seed=3089,
+            ),
+        ),
+    },
     mistakes=(
         Mistake(
             "a reward instead of a penalty",
@@ -370,6 +410,16 @@ SLOTS = Exercise(
             secret=slots_case(lambda window: (3 * window, 8 * window), (2, 4), 2),
         ),
     ),
+    hidden={
+        "not_full": (
+            Case(
+                "nothing_written",
+                "length = 0, window = 3, sinks = 1: no position written yet, every slot is -1",
+                _slots_case(0, 3, 1),
+                seed=3090,
+            ),
+        ),
+    },
     mistakes=(
         Mistake(
             "sinks overwritten",
@@ -428,6 +478,17 @@ VISIBILITY = Exercise(
             secret=visibility_case("no_sinks"),
         ),
     ),
+    hidden={
+        "no_sinks": (
+            Case(
+                "window_beyond_the_positions",
+                "query_positions [3, 4], key_positions [0 .. 4], window = 10, sinks = 0: the window reaches every "
+                "earlier position, only the causal rule is left",
+                _visibility_case([3, 4], range(5), 10, 0),
+                seed=3091,
+            ),
+        ),
+    },
     mistakes=(
         Mistake(
             "off-by-one window",

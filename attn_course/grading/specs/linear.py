@@ -71,6 +71,20 @@ PHI = Exercise(
             seed=403,
         ),
     ),
+    # edge cases a learner never sees (the grader runs them after the public case of the same name passed)
+    hidden={
+        "matrix": (
+            Case(
+                "large_positive",
+                "x: float32 (3, 5), entries up to about 300 with exact zeros: exp(x) overflows where x is large, "
+                "the result is x + 1 there",
+                lambda rng: (
+                    (np.abs(rng.standard_normal((3, 5))) * 150 * (rng.random((3, 5)) < 0.7)).astype(np.float32),
+                ),
+                seed=3066,
+            ),
+        ),
+    },
     invariants=(strictly_positive(),),
     mistakes=(
         Mistake(
@@ -164,6 +178,22 @@ LINEAR = Exercise(
         ),
         Case("float64", "q: float64 (9, 2), k: (4, 2), v: (4, 6)", _qkv((), 9, 4, 2, 6, np.float64), seed=413),
     ),
+    hidden={
+        "cross": (
+            Case(
+                "one_key",
+                "q: float32 (4, 3), k: (1, 3), v: (1, 5): a single key, every query returns its value",
+                _qkv((), 4, 1, 3, 5),
+                seed=3067,
+            ),
+            Case(
+                "one_query_one_feature",
+                "q: float32 (1, 1), k: (6, 1), v: (6, 2): a single query, d = 1",
+                _qkv((), 1, 6, 1, 2),
+                seed=3068,
+            ),
+        ),
+    },
     invariants=(within_value_range(),),
     mistakes=(
         Mistake(
@@ -221,6 +251,24 @@ CAUSAL = Exercise(
         Case("batched_heads", "q, k: float32 (2, 3, 7, 5), v: (2, 3, 7, 2)", _qkv((2, 3), 7, 7, 5, 2), seed=422),
         Case("float64", "q, k: float64 (9, 2), v: (9, 4)", _qkv((), 9, 9, 2, 4, np.float64), seed=423),
     ),
+    hidden={
+        "sequence": (
+            Case(
+                "one_position",
+                "q, k: float32 (1, 3), v: (1, 4): a single position, which returns its own value",
+                _qkv((), 1, 1, 3, 4),
+                seed=3069,
+            ),
+        ),
+        "batched_heads": (
+            Case(
+                "batch_of_one",
+                "q, k: float32 (1, 5, 4), v: (1, 5, 3): a batch axis of size 1",
+                _qkv((1,), 5, 5, 4, 3),
+                seed=3070,
+            ),
+        ),
+    },
     invariants=(within_value_range(), first_row_is_first_value()),
     mistakes=(
         Mistake(

@@ -128,6 +128,20 @@ PADDING = Exercise(
             secret=lengths_case((3, 5), (3, 8), "empty"),
         ),
     ),
+    # edge cases a learner never sees (the grader runs them after the public case of the same name passed)
+    hidden={
+        "lesson_batch": (
+            Case(
+                "one_sequence", "lengths: int64 [3], n = 5: a batch of one sequence", _lengths_and_n([3], 5), seed=3025
+            ),
+            Case(
+                "one_position",
+                "lengths: int64 [1, 0, 1], n = 1: sequences of one position",
+                _lengths_and_n([1, 0, 1], 1),
+                seed=3026,
+            ),
+        ),
+    },
     mistakes=(
         Mistake(
             "shape (B, n)",
@@ -211,6 +225,16 @@ LEFT_CAUSAL = Exercise(
             secret=lengths_case((1, 1), (4, 9), "padded"),
         ),
     ),
+    hidden={
+        "with_empty": (
+            Case(
+                "one_position",
+                "lengths: int64 [1, 0, 1], n = 1: sequences of one position, one of them padding",
+                _lengths_and_n([1, 0, 1], 1),
+                seed=3027,
+            ),
+        ),
+    },
     mistakes=(
         Mistake(
             "padding on the right",

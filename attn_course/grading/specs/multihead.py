@@ -100,6 +100,31 @@ SPLIT = Exercise(
             seed=173,
         ),
     ),
+    # edge cases a learner never sees (the grader runs them after the public case of the same name passed)
+    hidden={
+        "single": (
+            Case(
+                "one_head",
+                "x: float32 (4, 5), num_heads = 1 -> (1, 4, 5): a single head",
+                _split_case((4, 5), 1),
+                seed=3028,
+            ),
+            Case(
+                "one_feature_per_head",
+                "x: float32 (5, 3), num_heads = 3 -> (3, 5, 1): head_dim = 1",
+                _split_case((5, 3), 3),
+                seed=3029,
+            ),
+        ),
+        "batched": (
+            Case(
+                "two_batch_axes",
+                "x: float32 (2, 3, 5, 28), num_heads = 4 -> (2, 3, 4, 5, 7): two leading batch axes",
+                _split_case((2, 3, 5, 28), 4),
+                seed=3030,
+            ),
+        ),
+    },
     mistakes=(
         Mistake("reshaped without the transpose", NO_TRANSPOSE_SPLIT, _split_no_transpose),
         Mistake(
@@ -140,6 +165,24 @@ MERGE = Exercise(
             seed=176,
         ),
     ),
+    hidden={
+        "single": (
+            Case(
+                "one_head",
+                "x: float32 (1, 4, 5) -> (4, 5): a single head",
+                lambda rng: (normal_array(rng, (1, 4, 5)),),
+                seed=3031,
+            ),
+        ),
+        "batched": (
+            Case(
+                "two_batch_axes",
+                "x: float32 (2, 3, 4, 5, 6) -> (2, 3, 5, 24): two leading batch axes",
+                lambda rng: (normal_array(rng, (2, 3, 4, 5, 6)),),
+                seed=3032,
+            ),
+        ),
+    },
     mistakes=(
         Mistake("heads merged in the wrong order", WRONG_ORDER_MERGE, merge_heads_no_transpose),
         Mistake(
@@ -226,6 +269,30 @@ MHA = Exercise(
             seed=179,
         ),
     ),
+    hidden={
+        "single": (
+            Case(
+                "one_head",
+                "x: float32 (4, 6), W_q, W_k, W_v, W_o: (6, 6), num_heads = 1: the weights are (1, 4, 4)",
+                _mha_case(4, 6, 1),
+                seed=3033,
+            ),
+            Case(
+                "one_token",
+                "x: float32 (1, 12), W_q, W_k, W_v, W_o: (12, 12), num_heads = 3: a sequence of one token",
+                _mha_case(1, 12, 3),
+                seed=3034,
+            ),
+        ),
+        "batched": (
+            Case(
+                "two_batch_axes",
+                "x: float32 (2, 3, 5, 8), W_q, W_k, W_v, W_o: (8, 8), num_heads = 4: two leading batch axes",
+                _mha_case(5, 8, 4, batch=(2, 3)),
+                seed=3035,
+            ),
+        ),
+    },
     invariants=(within_zero_and_one(1), rows_sum_to_one(1)),
     mistakes=(
         Mistake("heads merged in the wrong order", WRONG_ORDER_MERGE, _mha_variant(merge=merge_heads_no_transpose)),

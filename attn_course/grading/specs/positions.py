@@ -106,6 +106,17 @@ ENCODING = Exercise(
             points=2.0,
         ),
     ),
+    # edge cases a learner never sees (the grader runs them after the public case of the same name passed)
+    hidden={
+        "small": (
+            Case(
+                "one_position",
+                "n = 1 position, d = 6 features: position 0 alone, (1, 6)",
+                lambda rng: (1, 6),
+                seed=3036,
+            ),
+        ),
+    },
     invariants=(pairs_on_the_unit_circle(),),
     mistakes=(
         Mistake(
@@ -226,6 +237,30 @@ ROPE = Exercise(
             seed=187,
         ),
     ),
+    hidden={
+        "given_positions": (
+            Case(
+                "one_position",
+                "x: float32 (1, 6), positions: int64 [9]: a single vector",
+                _rope_case((1, 6), [9]),
+                seed=3037,
+            ),
+            Case(
+                "one_pair",
+                "x: float32 (5, 2), positions: int64 [2, 0, 4, 1, 3]: d = 2, a single pair",
+                _rope_case((5, 2), [2, 0, 4, 1, 3]),
+                seed=3038,
+            ),
+        ),
+        "batched": (
+            Case(
+                "two_batch_axes",
+                "x: float32 (2, 3, 4, 6), positions: int64 [7, 2, 5, 0] shared by both batch axes",
+                _rope_case((2, 3, 4, 6), [7, 2, 5, 0]),
+                seed=3039,
+            ),
+        ),
+    },
     invariants=(lengths_kept(),),
     mistakes=(
         Mistake(
@@ -286,6 +321,22 @@ HALF_SPLIT = Exercise(
             seed=233,
         ),
     ),
+    hidden={
+        "batched_given_positions": (
+            Case(
+                "one_position",
+                "x: float32 (1, 6), positions: int64 [9]: a single vector",
+                _rope_case((1, 6), [9]),
+                seed=3040,
+            ),
+            Case(
+                "two_batch_axes",
+                "x: float32 (2, 3, 4, 10), positions: int64 [7, 2, 5, 0] shared by both batch axes",
+                _rope_case((2, 3, 4, 10), [7, 2, 5, 0]),
+                seed=3041,
+            ),
+        ),
+    },
     invariants=(lengths_kept(),),
     mistakes=(
         Mistake(

@@ -81,6 +81,26 @@ SCORES = Exercise(
         Case("batched", "x: float32 (2, 6, 4), W_q, W_k: (4, 7)", _layer_args(6, 4, 7, batch=(2,)), seed=152),
         Case("float64", "x: float64 (7, 6), W_q, W_k: (6, 2)", _layer_args(7, 6, 2, dtype=np.float64), seed=153),
     ),
+    # edge cases a learner never sees (the grader runs them after the public case of the same name passed)
+    hidden={
+        "single": (
+            Case(
+                "one_token",
+                "x: float32 (1, 6), W_q, W_k: (6, 4): a sequence of one token",
+                _layer_args(1, 6, 4),
+                seed=3020,
+            ),
+            Case("one_feature", "x: float32 (5, 7), W_q, W_k: (7, 1): d_k = 1", _layer_args(5, 7, 1), seed=3021),
+        ),
+        "batched": (
+            Case(
+                "two_batch_axes",
+                "x: float32 (2, 3, 4, 5), W_q, W_k: (5, 6): two leading batch axes",
+                _layer_args(4, 5, 6, batch=(2, 3)),
+                seed=3022,
+            ),
+        ),
+    },
     mistakes=(
         Mistake("scaled by sqrt(d_model)", SCALE_HINT, lambda x, W_q, W_k: _scores(x, W_q, W_k, scale="d_model")),
         Mistake(
@@ -157,6 +177,24 @@ LAYER = Exercise(
             seed=156,
         ),
     ),
+    hidden={
+        "single": (
+            Case(
+                "one_token",
+                "x: float32 (1, 6), W_q, W_k: (6, 4), W_v: (6, 5): a sequence of one token, its weight is 1",
+                _layer_args(1, 6, 4, 5),
+                seed=3023,
+            ),
+        ),
+        "batched": (
+            Case(
+                "two_batch_axes",
+                "x: float32 (2, 3, 4, 5), W_q, W_k: (5, 6), W_v: (5, 7): two leading batch axes",
+                _layer_args(4, 5, 6, 7, batch=(2, 3)),
+                seed=3024,
+            ),
+        ),
+    },
     invariants=(within_zero_and_one(1), rows_sum_to_one(1)),
     mistakes=(
         Mistake(

@@ -71,6 +71,25 @@ DOT = Exercise(
         Case("batched", "q: float32 (2, 3, 4), k: float32 (2, 5, 4)", _qk(3, 5, 4, batch=(2,)), seed=102),
         Case("float64", "q: float64 (6, 7), k: float64 (2, 7)", _qk(6, 2, 7, dtype=np.float64), seed=103),
     ),
+    # edge cases a learner never sees (the grader runs them after the public case of the same name passed)
+    hidden={
+        "single": (
+            Case(
+                "one_query_one_feature",
+                "q: float32 (1, 1), k: float32 (6, 1): a single query with a single feature",
+                _qk(1, 6, 1),
+                seed=3001,
+            ),
+        ),
+        "batched": (
+            Case(
+                "two_batch_axes",
+                "q: float32 (2, 3, 4, 5), k: float32 (2, 3, 7, 5): two leading batch axes",
+                _qk(4, 7, 5, batch=(2, 3)),
+                seed=3002,
+            ),
+        ),
+    },
     mistakes=(
         Mistake(
             "keys times queries",
@@ -133,6 +152,30 @@ COSINE = Exercise(
         ),
         Case("batched_float64", "q: float64 (2, 6, 3), k: float64 (2, 4, 3)", _qk(6, 4, 3, (2,), np.float64), seed=106),
     ),
+    hidden={
+        "single": (
+            Case(
+                "one_query",
+                "q: float32 (1, 5), k: float32 (6, 5): a single query",
+                _qk(1, 6, 5),
+                seed=3003,
+            ),
+            Case(
+                "one_feature",
+                "q: float32 (4, 1), k: float32 (3, 1): vectors of one feature, every cosine is -1 or 1",
+                _qk(4, 3, 1),
+                seed=3004,
+            ),
+        ),
+        "batched_float64": (
+            Case(
+                "two_batch_axes",
+                "q: float64 (3, 2, 5, 4), k: float64 (3, 2, 7, 4): two leading batch axes",
+                _qk(5, 7, 4, (3, 2), np.float64),
+                seed=3005,
+            ),
+        ),
+    },
     invariants=(within_minus_one_and_one(),),
     mistakes=(
         Mistake(

@@ -168,6 +168,24 @@ TEMPERATURE = Exercise(
             secret=redrawn(_temperature_case((3, 5), 0.1, offsets=[100.0, 90.0, -100.0]), _float32_stable_agrees),
         ),
     ),
+    hidden={
+        "sharpen": (
+            Case(
+                "one_key",
+                "x: float32 (4, 1), temperature 0.5: one key per row, weight 1 at any temperature",
+                _temperature_case((4, 1), 0.5),
+                seed=3006,
+            ),
+        ),
+        "flatten": (
+            Case(
+                "two_batch_axes_float64",
+                "x: float64 (2, 3, 4, 6), temperature 3.0: two leading batch axes, float64 kept",
+                lambda rng: (_scores(rng, (2, 3, 4, 6), dtype=np.float64), 3.0),
+                seed=3007,
+            ),
+        ),
+    },
     invariants=(within_zero_and_one(), rows_sum_to_one()),
     mistakes=(
         Mistake(
@@ -246,6 +264,14 @@ MASKED = Exercise(
         ),
     ),
     hidden={
+        "broadcast_mask": (
+            Case(
+                "mask_over_two_batch_axes",
+                "x: float32 (2, 3, 4, 6), mask: bool (4, 6) shared by both batch axes",
+                _masked_case((2, 3, 4, 6), mask_shape=(4, 6)),
+                seed=3008,
+            ),
+        ),
         "some_masked": (
             Case(
                 "one_key_kept",
@@ -343,6 +369,16 @@ ENTROPY = Exercise(
             seed=133,
         ),
     ),
+    hidden={
+        "ties": (
+            Case(
+                "one_entry_per_row",
+                "x: float32 (5, 1): one entry per row, both entropies are 0",
+                _tied_scores((5, 1), np.float32),
+                seed=3009,
+            ),
+        ),
+    },
     mistakes=(
         Mistake(
             "ties ignored",

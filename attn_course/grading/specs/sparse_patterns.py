@@ -84,6 +84,18 @@ STRIDED = Exercise(
             secret=lambda rng: (draw_int(rng, 4, 9), 1),
         ),
     ),
+    # edge cases a learner never sees (the grader runs them after the public case of the same name passed)
+    hidden={
+        "lesson_like": (
+            Case(
+                "stride_beyond_the_sequence",
+                "n = 6, stride = 9: the stride is longer than the sequence, every past key is local",
+                lambda rng: (6, 9),
+                seed=3049,
+            ),
+            Case("one_token", "n = 1, stride = 3: a single token sees itself", lambda rng: (1, 3), seed=3050),
+        ),
+    },
     mistakes=(
         Mistake(
             "causal condition missing",
@@ -149,6 +161,16 @@ FIXED = Exercise(
             secret=with_unit(range(3, 5), lambda rng, block: (multiple(rng, block, 3, 4), block, block - 1)),
         ),
     ),
+    hidden={
+        "partial_last_block": (
+            Case(
+                "block_beyond_the_sequence",
+                "n = 5, block = 8, c = 2: one block, longer than the sequence (its summary positions are past the end)",
+                lambda rng: (5, 8, 2),
+                seed=3051,
+            ),
+        ),
+    },
     mistakes=(
         Mistake(
             "summary at the start of each block",
@@ -242,6 +264,23 @@ RECEPTIVE = Exercise(
             points=2.0,
         ),
     ),
+    hidden={
+        "window_three_layers": (
+            Case(
+                "no_self_connection",
+                "mask: strictly causal band (8, 8), 0 < i - j <= 2 (no token sees itself); layers = 3: paths of "
+                "exactly 3 steps",
+                lambda rng: (masks.causal_mask(8) & masks.sliding_window_mask(8, 2) & ~np.eye(8, dtype=bool), 3),
+                seed=3052,
+            ),
+            Case(
+                "one_position",
+                "mask: (1, 1) True; layers = 4: a single position",
+                lambda rng: (np.ones((1, 1), dtype=bool), 4),
+                seed=3053,
+            ),
+        ),
+    },
     mistakes=(
         Mistake(
             "one layer too many",

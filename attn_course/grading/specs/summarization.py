@@ -43,6 +43,16 @@ def _shares(weights, labels, num_parts, *, heads="mean", per_position=False):
     return combined.astype(weights.dtype)
 
 
+def _one_more_part(make):
+    """``make``'s arguments with ``num_parts`` one larger: the last part has no position in the labels."""
+
+    def make_more(rng):
+        *args, num_parts = make(rng)
+        return (*args, num_parts + 1)
+
+    return make_more
+
+
 def _weights_case(heads, T, S, num_parts, padding=0, dtype=np.float32):
     """Softmax weights over the S - padding real positions (0 on padding), and labels covering every part."""
 
@@ -87,6 +97,24 @@ SHARES = Exercise(
             seed=1703,
         ),
     ),
+    # edge cases a learner never sees (the grader runs them after the public case of the same name passed)
+    hidden={
+        "four_heads": (
+            Case(
+                "one_head_one_output",
+                "weights: float32 (1, 1, 8), labels: (8,) in 0..2, num_parts = 3: a single head and output position",
+                _weights_case(1, 1, 8, 3),
+                seed=3077,
+            ),
+            Case(
+                "empty_part",
+                "weights: float32 (2, 4, 7), labels: (7,) in 0..2, num_parts = 4: part 3 has no position, its "
+                "share is 0",
+                _one_more_part(_weights_case(2, 4, 7, 3)),
+                seed=3078,
+            ),
+        ),
+    },
     invariants=(rows_sum_to_one(),),
     mistakes=(
         Mistake(
@@ -152,6 +180,16 @@ EVEN = Exercise(
             "many_parts", "labels: (20,) in 0..4, 2 of them padding, num_parts = 5", _labels_case(20, 5, 2), seed=1713
         ),
     ),
+    hidden={
+        "padded": (
+            Case(
+                "empty_part",
+                "labels: (9,) in 0..2, 2 of them padding, num_parts = 4: part 3 has no position, its share is 0",
+                _one_more_part(_labels_case(9, 3, 2)),
+                seed=3079,
+            ),
+        ),
+    },
     invariants=(rows_sum_to_one(),),
     mistakes=(
         Mistake(

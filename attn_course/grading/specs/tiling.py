@@ -118,6 +118,30 @@ STEP = Exercise(
             secret=redrawn(_state_case(6, 2, 3, dtype=np.float64), _some_rows_get_a_new_maximum),
         ),
     ),
+    # edge cases a learner never sees (the grader runs them after the public case of the same name passed)
+    hidden={
+        "new_maximum": (
+            Case(
+                "one_key_tile",
+                "a later tile of a single key: m, l (5, 1), acc (5, 3); scores float32 (5, 1), values (1, 3)",
+                _state_case(5, 1, 3, jump=2.0),
+                seed=3058,
+            ),
+            Case(
+                "one_query",
+                "a later tile for a single query: m, l (1, 1), acc (1, 4); scores float32 (1, 6), values (6, 4)",
+                _state_case(1, 6, 4, jump=3.0),
+                seed=3059,
+            ),
+            Case(
+                "scores_near_1000",
+                "a later tile whose scores are near 1000: m, l (3, 1), acc (3, 2); scores float32 (3, 5), values "
+                "(5, 2): exp() of a score overflows, only differences from the maximum may go through exp()",
+                _state_case(3, 5, 2, jump=1000.0),
+                seed=3060,
+            ),
+        ),
+    },
     invariants=(sum_at_least_one(),),
     mistakes=(
         Mistake(
@@ -185,6 +209,17 @@ def _qkv_block(batch, L, S, d, dv, block, dtype=np.float32):
     return make
 
 
+def _large_scores(make, factor=400.0):
+    """``make``'s arguments with q multiplied by ``factor``: scores near 1000 and beyond, where exp() without the
+    running maximum overflows."""
+
+    def make_large(rng):
+        q, *rest = make(rng)
+        return ((q * factor).astype(q.dtype), *rest)
+
+    return make_large
+
+
 def within_value_range() -> Invariant:
     """Each output entry is a weighted average of its column of v: it lies between that column's min and max."""
 
@@ -235,6 +270,29 @@ TILED = Exercise(
             seed=314,
         ),
     ),
+    hidden={
+        "partial_last_tile": (
+            Case(
+                "one_query",
+                "q: float32 (1, 4), k: (10, 4), v: (10, 3), block = 4: a single query",
+                _qkv_block((), 1, 10, 4, 3, 4),
+                seed=3061,
+            ),
+            Case(
+                "block_equal_to_keys",
+                "q: float32 (4, 3), k: (6, 3), v: (6, 5), block = 6: exactly one full tile",
+                _qkv_block((), 4, 6, 3, 5, 6),
+                seed=3062,
+            ),
+            Case(
+                "large_scores",
+                "q: float64 (5, 4) times 400, k: (9, 4), v: (9, 3), block = 4: scores up to about 1000, where exp() "
+                "without the running maximum overflows",
+                _large_scores(_qkv_block((), 5, 9, 4, 3, 4, np.float64)),
+                seed=3063,
+            ),
+        ),
+    },
     invariants=(within_value_range(),),
     mistakes=(
         Mistake(
@@ -332,6 +390,22 @@ CAUSAL_TILED = Exercise(
             seed=1334,
         ),
     ),
+    hidden={
+        "partial_last_tile": (
+            Case(
+                "one_position",
+                "q, k: float32 (1, 4), v: (1, 6), block = 4: a single position, which sees only itself",
+                _causal_case((), 1, 4, 6, 4),
+                seed=3064,
+            ),
+            Case(
+                "block_equal_to_length",
+                "q, k: float32 (8, 3), v: (8, 5), block = 8: exactly one full tile, on the diagonal",
+                _causal_case((), 8, 3, 5, 8),
+                seed=3065,
+            ),
+        ),
+    },
     mistakes=(
         Mistake(
             "diagonal tiles not masked",

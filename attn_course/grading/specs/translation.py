@@ -109,6 +109,24 @@ MASKS = Exercise(
             secret=decoder_masks_case((3, 5), (6, 8), (3, 5)),
         ),
     ),
+    # edge cases a learner never sees (the grader runs them after the public case of the same name passed)
+    hidden={
+        "lesson_batch": (
+            Case(
+                "first_step",
+                "target_lengths: int64 [1, 1, 1], source_lengths: [3, 5, 1], num_targets = 1, num_sources = 5: the "
+                "first decoding step, one target position",
+                _masks_case([1, 1, 1], [3, 5, 1], 1, 5),
+                seed=3071,
+            ),
+            Case(
+                "one_sentence",
+                "target_lengths: int64 [3], source_lengths: [5], num_targets = 4, num_sources = 6: a batch of one",
+                _masks_case([3], [5], 4, 6),
+                seed=3072,
+            ),
+        ),
+    },
     mistakes=(
         Mistake(
             "target padding left out",
@@ -229,6 +247,26 @@ CROSS = Exercise(
             seed=1606,
         ),
     ),
+    hidden={
+        "padded_sources": (
+            Case(
+                "one_target_one_head",
+                "y: float32 (2, 1, 6), memory: (2, 5, 6), W_*: (6, 6), num_heads = 1, cross_mask: bool (2, 1, 1, 5) "
+                "for source lengths [5, 3]: one decoding step, a single head",
+                _cross_case(2, 1, 5, 6, 1, [5, 3]),
+                seed=3073,
+            ),
+        ),
+        "short_source": (
+            Case(
+                "one_source_position",
+                "y: float32 (3, 4, 8), memory: (3, 1, 8), W_*: (8, 8), num_heads = 2, cross_mask: bool (3, 1, 4, 1) "
+                "for source lengths [1, 1, 1]: every weight is 1",
+                _cross_case(3, 4, 1, 8, 2, [1, 1, 1]),
+                seed=3074,
+            ),
+        ),
+    },
     invariants=(within_zero_and_one(1), rows_sum_to_one(1), zero_where_masked(1, 7)),
     mistakes=(
         Mistake(
@@ -337,6 +375,25 @@ GREEDY = Exercise(
             seed=1609,
         ),
     ),
+    hidden={
+        "all_end": (
+            Case(
+                "one_sentence",
+                "step_scores: float32 (1, 6, 8, 8), bos = 1, eos = 2, pad = 0; a batch of one, ending at step 3",
+                _greedy_case(1, 6, 8, [3]),
+                seed=3075,
+            ),
+        ),
+        "one_never_ends": (
+            Case(
+                "one_step",
+                "step_scores: float32 (3, 1, 5, 5), bos = 1, eos = 2, pad = 0; a single step, the second sequence "
+                "ends at it",
+                _greedy_case(3, 1, 5, [None, 0, None]),
+                seed=3076,
+            ),
+        ),
+    },
     mistakes=(
         Mistake(
             "no padding after eos",
