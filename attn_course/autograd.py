@@ -19,14 +19,23 @@ nothing leaves the device. ``attention(q, k, v, ...)`` calls the Function,
 ``use_tiled_attention(model)`` put it inside the multi-head layers of
 ``attn_course.torch_modules`` (lesson 09's ``CharLanguageModel``) without
 changing that module. This module imports torch: import it only where torch is installed.
+
+On CUDA tensors (float16 or float32, d = dv = 64 or 128, no mask) where CuPy
+can run, the same Function runs the GPU kernels instead: ``fused_attention(...,
+return_lse=True)`` forward and ``fused_attention_backward`` backward
+(``attn_course.kernels``), on the tensors' own memory through DLPack (no copy).
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
+from .backend import gpu_available
 from .backward import tiled_attention_backward
+from .kernels import SUPPORTED_HEAD_DIMS, fused_attention, fused_attention_backward
 from .layouts import is_predicate
 from .tiled import tiled_attention
 from .torch_modules import MultiHeadAttention
@@ -45,6 +54,27 @@ def as_tensor(array, like: torch.Tensor) -> torch.Tensor:
     return array if isinstance(array, torch.Tensor) else torch.from_numpy(array).to(like.device)
 
 
+@functools.cache
+def cupy_usable() -> bool:
+    """Whether CuPy can run on a GPU here (asked once: probing the device is slow)."""
+    return gpu_available()
+
+
+def fused_kernels_apply(q, k, v, mask) -> bool:
+    """True when the GPU kernels can take the call: CUDA tensors, one dtype (float16/32), d = dv = 64/128, no mask."""
+    same = all(x.device == q.device and x.dtype == q.dtype for x in (k, v))
+    shapes = q.shape[-1] == v.shape[-1] and q.shape[-1] in SUPPORTED_HEAD_DIMS
+    plain = q.device.type == "cuda" and q.dtype in (torch.float16, torch.float32) and mask is None
+    return plain and same and shapes and cupy_usable()
+
+
+def as_cupy(tensor: torch.Tensor):
+    """A CUDA tensor as a CuPy array on the same memory (DLPack: no copy)."""
+    import cupy
+
+    return cupy.from_dlpack(tensor.detach())
+
+
 class TiledAttentionFunction(torch.autograd.Function):
     """``out = softmax(q k^T * scale) v`` by ``tiled_attention``; the gradients by ``tiled_attention_backward``.
 
@@ -55,6 +85,13 @@ class TiledAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, mask, is_causal, block_size, scale):
+        ctx.fused = fused_kernels_apply(q, k, v, mask)
+        if ctx.fused:  # CUDA tensors: the fused GPU kernels on the same memory, the same formulas
+            out, lse = fused_attention(*map(as_cupy, (q, k, v)), is_causal=is_causal, scale=scale, return_lse=True)
+            out, lse = torch.from_dlpack(out), torch.from_dlpack(lse)  # (..., L, d), (..., L)
+            ctx.save_for_backward(q, k, v, out, lse)
+            ctx.options = (None, is_causal, block_size, scale)
+            return out
         mask_array = as_package_array(mask) if isinstance(mask, torch.Tensor) else mask
         out, lse = tiled_attention(
             *(as_package_array(x) for x in (q, k, v)),
@@ -73,6 +110,12 @@ class TiledAttentionFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
         mask, is_causal, block_size, scale = ctx.options
+        if ctx.fused:  # the backward kernel: dq, dk, dv from one pass over the key tiles
+            grads = fused_attention_backward(
+                *map(as_cupy, (q, k, v, out, lse, grad_out.contiguous())), is_causal=is_causal, scale=scale
+            )
+            dq, dk, dv = (torch.from_dlpack(g) for g in grads)
+            return dq, dk, dv, None, None, None, None
         grads = tiled_attention_backward(
             *(as_package_array(x) for x in (q, k, v, out, lse, grad_out)),
             mask,

@@ -13,8 +13,9 @@ import pytest
 from attn_course import masks
 from attn_course.backend import to_numpy
 from attn_course.kernels import block_sparse_fused_attention, fused_attention, kernel_source
+from attn_course.kernels.variants import FP16_VARIANTS
 from tests.dense_reference import dense_attention64
-from tests.support import assert_close, random_array, requires_gpu
+from tests.support import assert_close, random_array, requires_gpu, to_torch64
 
 DTYPES = [np.float32, np.float16]
 HEAD_DIMS = [64, 128]
@@ -70,6 +71,34 @@ def test_numpy_arrays_are_refused_with_a_pointer_to_the_cpu_version():
         fused_attention(x, x, x)
     with pytest.raises(TypeError, match=r"CuPy arrays; q is numpy"):
         block_sparse_fused_attention(x, x, x, np.ones((2, 2), bool), 64)
+
+
+@pytest.mark.parametrize("check_finite", ["yes", "Deferred", 1, None])
+def test_check_finite_takes_true_false_or_deferred_on_any_machine(check_finite):
+    x = np.ones((2, 70, 64), dtype=np.float32)  # refused before anything looks at the arrays
+    error = ValueError if isinstance(check_finite, str) else TypeError
+    with pytest.raises(error, match=r"^fused_attention: check_finite must be True, False or 'deferred'"):
+        fused_attention(x, x, x, check_finite=check_finite)
+    with pytest.raises(error, match=r"^block_sparse_fused_attention: check_finite must be"):
+        block_sparse_fused_attention(x, x, x, np.ones((2, 2), bool), 64, check_finite=check_finite)
+
+
+@pytest.mark.parametrize("check_finite", [False, "deferred", True])
+def test_without_a_gpu_every_check_finite_mode_still_says_what_to_use(check_finite):
+    x = np.ones((2, 70, 64), dtype=np.float32)
+    with pytest.raises(TypeError, match=r"CuPy arrays; q is numpy.*tiled_attention"):
+        fused_attention(x, x, x, check_finite=check_finite)
+    with pytest.raises(TypeError, match=r"CuPy arrays; q is numpy"):
+        block_sparse_fused_attention(x, x, x, np.ones((2, 2), bool), 64, check_finite=check_finite)
+
+
+def test_a_deferred_check_with_nothing_deferred_passes_without_touching_cuda():
+    code = (
+        "import sys; from attn_course.kernels.fused import check_deferred_finite; "
+        "print(check_deferred_finite(), 'cupy' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "None False"
 
 
 @pytest.mark.parametrize(
@@ -233,3 +262,289 @@ def test_a_non_finite_input_is_named(bad, dtype):
     layout = np.ones((3, 3), bool)
     with pytest.raises(ValueError, match=f"^{bad} contains NaN or infinite"):
         block_sparse_fused_attention(*arrays.values(), layout, 64)
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_check_finite_false_skips_the_test_and_changes_nothing_else(dtype):
+    import cupy
+
+    rng = np.random.default_rng(12)
+    q, k, v = gpu_qkv(rng, 130, 190, 64, dtype)
+    layout = np.ones((3, 3), bool)
+    assert_close(fused_attention(q, k, v, check_finite=False), dense_attention64(q, k, v))
+    assert_close(block_sparse_fused_attention(q, k, v, layout, 64, check_finite=False), dense_attention64(q, k, v))
+    q[0, 1, 5, 7] = cupy.nan  # no error: the values are not looked at
+    for result in (
+        fused_attention(q, k, v, check_finite=False),
+        block_sparse_fused_attention(q, k, v, layout, 64, check_finite=False),
+    ):
+        out = to_numpy(result)
+        assert not np.isfinite(out[0, 1, 5]).all() and np.isfinite(out[1]).all()  # only the poisoned query's row
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_deferred_check_raises_later_naming_the_function_and_argument(dtype):
+    import cupy
+
+    from attn_course.kernels.fused import check_deferred_finite
+
+    check_deferred_finite()  # whatever an earlier test left
+    rng = np.random.default_rng(13)
+    q, k, v = gpu_qkv(rng, 130, 190, 64, dtype)
+    layout = np.ones((3, 3), bool)
+    out = fused_attention(q, k, v, check_finite="deferred")  # finite inputs: the check passes
+    assert check_deferred_finite() is None
+    assert_close(out, dense_attention64(q, k, v))
+    k[1, 2, 57, 33] = cupy.inf
+    fused_attention(q, k, v, check_finite="deferred")  # no error yet: nothing was read back
+    v[0, 0, 3, 3] = cupy.nan
+    block_sparse_fused_attention(q, k, v, layout, 64, check_finite="deferred")
+    seen = r"check: fused_attention: k, block_sparse_fused_attention: k, block_sparse_fused_attention: v "
+    with pytest.raises(ValueError, match=seen + r"\(device \d+\); attention needs finite inputs"):
+        check_deferred_finite()
+    assert check_deferred_finite() is None  # read and cleared
+
+
+# ---- the log-sum-exp, the backward kernel, the float16 variants, training through autograd ------------
+
+
+def relative_error(actual, expected) -> float:
+    """||actual - expected|| / ||expected||, in float64 (expected: a torch tensor or any array)."""
+    a = np.asarray(to_numpy(actual), dtype=np.float64)
+    e = expected.detach().numpy() if hasattr(expected, "detach") else np.asarray(to_numpy(expected), dtype=np.float64)
+    return float(np.linalg.norm(a - e) / np.linalg.norm(e))
+
+
+GRADIENT_BOUND = {np.float16: 2e-3, np.float32: 1e-5}  # relative to each gradient's norm (issue 17)
+FORWARD_BOUND_FP16 = 1e-3  # the float16 forward's relative-norm error bound (issue 17)
+
+
+def torch_reference(q, k, v, dout=None, *, is_causal=False, scale=None):
+    """out, lse, and (with dout) dq, dk, dv by torch autograd in float64 on the CPU, from the same (rounded) inputs."""
+    import torch
+
+    q64, k64, v64 = (to_torch64(x).requires_grad_(True) for x in (q, k, v))
+    scale = 1 / np.sqrt(q64.shape[-1]) if scale is None else scale
+    scores = q64 @ k64.transpose(-1, -2) * scale  # (..., L, S)
+    if is_causal:
+        L, S = scores.shape[-2:]
+        scores = scores.masked_fill(~torch.ones(L, S, dtype=torch.bool).tril(), float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)  # (..., L)
+    out = torch.softmax(scores, dim=-1) @ v64  # (..., L, d)
+    if dout is None:
+        return out, lse
+    out.backward(to_torch64(dout))
+    return out, lse, q64.grad, k64.grad, v64.grad
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", HEAD_DIMS)
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_the_log_sum_exp_equals_torch_logsumexp(is_causal, d, dtype):
+    rng = np.random.default_rng(d + is_causal)
+    q, k, v = gpu_qkv(rng, 197, 211, d, dtype)
+    out, lse = fused_attention(q, k, v, is_causal=is_causal, return_lse=True)
+    assert lse.dtype == np.float32 and lse.shape == (2, 3, 197)
+    _, expected_lse = torch_reference(q, k, v, is_causal=is_causal)
+    np.testing.assert_allclose(to_numpy(lse), expected_lse.detach().numpy(), rtol=1e-5, atol=1e-5)
+    assert_close(out, fused_attention(q, k, v, is_causal=is_causal))  # return_lse changes nothing else
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", HEAD_DIMS)
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("L, S", [(197, 211), (211, 131), (64, 64), (1, 77), (300, 5)])
+def test_the_backward_kernel_equals_torch_autograd_in_float64(L, S, is_causal, d, dtype):
+    from attn_course.kernels import fused_attention_backward
+
+    rng = np.random.default_rng(L * 7 + S + d)
+    q, k, v = gpu_qkv(rng, L, S, d, dtype)
+    dout = random_array(rng, (2, 3, L, d), dtype, backend="cupy")
+    out, lse = fused_attention(q, k, v, is_causal=is_causal, return_lse=True)
+    grads = fused_attention_backward(q, k, v, out, lse, dout, is_causal=is_causal)
+    *_, dq64, dk64, dv64 = torch_reference(q, k, v, dout, is_causal=is_causal)
+    for name, grad, expected, x in zip("qkv", grads, (dq64, dk64, dv64), (q, k, v), strict=True):
+        assert grad.dtype == dtype and grad.shape == x.shape, f"d{name}: {grad.dtype} {grad.shape}"
+        assert not np.isnan(to_numpy(grad)).any(), f"d{name} has NaN"
+        error = relative_error(grad, expected)
+        assert error <= GRADIENT_BOUND[dtype], f"d{name}: relative error {error:.2e} > {GRADIENT_BOUND[dtype]}"
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_backward_sums_the_gradients_of_broadcast_inputs_and_takes_a_scale(dtype):
+    from attn_course.kernels import fused_attention_backward
+
+    rng = np.random.default_rng(4)
+    q = random_array(rng, (2, 4, 129, 64), dtype, backend="cupy")
+    k = random_array(rng, (1, 4, 150, 64), dtype, backend="cupy")  # shared by the batch
+    v = random_array(rng, (4, 150, 64), dtype, backend="cupy")
+    dout = random_array(rng, (2, 4, 129, 64), dtype, backend="cupy")
+    out, lse = fused_attention(q, k, v, scale=0.3, return_lse=True)
+    grads = fused_attention_backward(q, k, v, out, lse, dout, scale=0.3)
+    *_, dq64, dk64, dv64 = torch_reference(q, k, v, dout, scale=0.3)
+    for grad, expected, x in zip(grads, (dq64, dk64, dv64), (q, k, v), strict=True):
+        assert grad.shape == x.shape
+        assert relative_error(grad, expected) <= GRADIENT_BOUND[dtype]
+
+
+@requires_gpu
+def test_the_backward_refuses_bad_input_naming_the_argument():
+    import cupy
+
+    from attn_course.kernels import fused_attention_backward
+
+    x = cupy.ones((2, 70, 64), dtype=cupy.float32)
+    lse = cupy.zeros((2, 70), dtype=cupy.float32)
+    with pytest.raises(ValueError, match=r"^lse must have shape \(2, 70\)"):
+        fused_attention_backward(x, x, x, x, lse[:, :50], x)
+    with pytest.raises(ValueError, match=r"^dout must have shape"):
+        fused_attention_backward(x, x, x, x, lse, x.astype(cupy.float16))
+    with pytest.raises(ValueError, match="head sizes"):
+        y = cupy.ones((2, 70, 32), dtype=cupy.float32)
+        fused_attention_backward(y, y, y, y, lse, y)
+    with pytest.raises(TypeError, match="CuPy arrays; dout is numpy"):
+        fused_attention_backward(x, x, x, x, lse, np.ones((2, 70, 64), np.float32))
+
+
+@requires_gpu
+@pytest.mark.parametrize("variant", sorted(FP16_VARIANTS))
+@pytest.mark.parametrize("d", HEAD_DIMS)
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_every_float16_variant_equals_torch_sdpa(is_causal, d, variant):
+    import torch
+
+    rng = np.random.default_rng(d + 2 * is_causal)
+    for L, S in ((389, 457), (130, 64), (1, 200)):  # odd lengths, not multiples of 64 or 128
+        q, k, v = gpu_qkv(rng, L, S, d, np.float16)
+        out, lse = poisoned_launch(fused_attention, q, k, v, is_causal=is_causal, return_lse=True, _variant=variant)
+        q64, k64, v64 = (to_torch64(x) for x in (q, k, v))
+        expected = torch.nn.functional.scaled_dot_product_attention(q64, k64, v64, is_causal=is_causal)
+        error = relative_error(out, expected)
+        assert error <= FORWARD_BOUND_FP16, f"{variant} at L={L}, S={S}: relative error {error:.2e}"
+        _, expected_lse = torch_reference(q, k, v, is_causal=is_causal)
+        np.testing.assert_allclose(to_numpy(lse), expected_lse.detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+@requires_gpu
+def test_a_variant_is_chosen_by_the_environment(monkeypatch):
+    from attn_course.kernels.variants import VARIANT_ENV_VAR
+
+    rng = np.random.default_rng(8)
+    q, k, v = gpu_qkv(rng, 200, 150, 64, np.float16)
+    monkeypatch.setenv(VARIANT_ENV_VAR, "q128_w4x32")
+    assert relative_error(fused_attention(q, k, v), dense_attention64(q, k, v)) <= FORWARD_BOUND_FP16
+    monkeypatch.setenv(VARIANT_ENV_VAR, "no-such-variant")
+    with pytest.raises(ValueError, match="unknown float16 kernel variant"):
+        fused_attention(q, k, v)
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_window_with_many_more_queries_than_keys(dtype):
+    L, S = 2048 + 17, 130
+    rng = np.random.default_rng(12)
+    q, k, v = gpu_qkv(rng, L, S, 64, dtype, batch=(2,))
+    window = masks.sliding_window(100)
+    layout = masks.block_layout(window, 64, L, S)
+    out = poisoned_launch(block_sparse_fused_attention, q, k, v, layout, 64, window)
+    expected = dense_attention64(q, k, v, mask=window)  # rows past S + 100 see no key: zeros
+    assert_close(out, expected)
+    assert not np.any(to_numpy(out)[:, S + 101 :])
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_strided_inputs_give_the_contiguous_result(dtype):
+    import cupy
+
+    rng = np.random.default_rng(13)
+    wide = random_array(rng, (2, 150, 3, 2 * 64), dtype, backend="cupy")  # (B, L, H, 2d): a fused projection
+    q = wide[..., :64].transpose(0, 2, 1, 3)  # (B, H, L, d), strided
+    k = wide[..., 64:].transpose(0, 2, 1, 3)[:, :, ::2]  # every other key: (B, H, 75, d)
+    v = random_array(rng, (2, 3, 75, 128), dtype, backend="cupy")[..., ::2]  # (B, H, 75, d), strided columns
+    assert not (q.flags.c_contiguous or k.flags.c_contiguous or v.flags.c_contiguous)
+    out = fused_attention(q, k, v, is_causal=True)
+    plain = fused_attention(*(cupy.ascontiguousarray(x) for x in (q, k, v)), is_causal=True)
+    np.testing.assert_array_equal(to_numpy(out), to_numpy(plain))
+    assert_close(out, dense_attention64(q, k, v, is_causal=True))
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@requires_gpu
+@pytest.mark.skipif(not torch_cuda_available(), reason="torch with CUDA is needed")
+@pytest.mark.parametrize("dtype_name", ["float32", "float16"])
+def test_the_autograd_function_runs_the_kernels_and_a_tiny_model_trains(dtype_name):
+    import torch
+
+    from attn_course.autograd import attention, fused_kernels_apply
+
+    dtype = getattr(torch, dtype_name)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 100, 64, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+    assert fused_kernels_apply(q, k, v, None)
+    out = attention(q, k, v, is_causal=True)
+    out.backward(torch.ones_like(out))
+    reference = [x.detach().double().cpu().requires_grad_(True) for x in (q, k, v)]
+    expected = torch.nn.functional.scaled_dot_product_attention(*reference, is_causal=True)
+    expected.backward(torch.ones_like(expected))
+    for x, r in zip((q, k, v), reference, strict=True):
+        assert relative_error(x.grad.float().cpu(), r.grad) <= GRADIENT_BOUND[np.dtype(dtype_name).type]
+
+    class TinyModel(torch.nn.Module):  # embeddings -> one attention head of size 64 -> next-token logits
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(11, 64)
+            self.qkv = torch.nn.Linear(64, 3 * 64)
+            self.head = torch.nn.Linear(64, 11)
+
+        def forward(self, tokens):  # (B, L) -> (B, L, 11)
+            q, k, v = self.qkv(self.embed(tokens)).to(dtype).chunk(3, dim=-1)  # (B, L, 64) each
+            return self.head(attention(q, k, v, is_causal=True).float())
+
+    model = TinyModel().cuda()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    tokens = torch.arange(130, device="cuda").remainder(11).repeat(4, 1)  # (4, 130): a repeating sequence
+    losses = []
+    for _ in range(30):
+        logits = model(tokens[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 11), tokens[:, 1:].reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0], f"losses {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+def test_the_autograd_function_keeps_the_reference_path_off_the_gpu():
+    import torch
+
+    from attn_course.autograd import fused_kernels_apply
+
+    x = torch.ones(2, 5, 64)
+    assert not fused_kernels_apply(x, x, x, None)  # CPU tensors: tiled_attention and its backward
+
+
+def test_the_backward_refuses_numpy_with_a_pointer_to_the_cpu_version():
+    from attn_course.kernels import fused_attention_backward
+
+    x = np.ones((2, 70, 64), dtype=np.float32)
+    with pytest.raises(TypeError, match=r"CuPy arrays; q is numpy.*tiled_attention_backward"):
+        fused_attention_backward(x, x, x, x, np.zeros((2, 70), np.float32), x)
+
+
+def test_an_unknown_variant_is_refused_by_name():
+    from attn_course.kernels.variants import selected_variant
+
+    assert selected_variant("q128_w8x16") == "q128_w8x16"
+    with pytest.raises(ValueError, match="unknown float16 kernel variant 'q256'"):
+        selected_variant("q256")

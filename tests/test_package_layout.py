@@ -48,7 +48,9 @@ LAYERS = {
     "attn_course.tiled": 7,
     "attn_course.backward": 7.5,  # the backward pass: uses tiled attention's tile rules and the core
     "attn_course.sparse": 7,
+    "attn_course.kernels.variants": 7.9,  # the float16 forward's compile-time variants (names and macros)
     "attn_course.kernels.fused": 8,
+    "attn_course.kernels.fused_backward": 8.2,  # the backward kernels: fused.py's head sizes, backward.py's sums
     "attn_course.kernels": 8.5,
     "attn_course": 9,  # the package's public surface
 }

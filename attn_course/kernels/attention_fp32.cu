@@ -69,6 +69,7 @@ __global__ void __launch_bounds__(THREADS) attention_fp32(
     const float* __restrict__ k,  // (BH, S, D)
     const float* __restrict__ v,  // (BH, S, D)
     float* __restrict__ out,      // (BH, L, D)
+    float* __restrict__ lse,      // (BH, L) natural-log log-sum-exp of each row, or null: not wanted
     int L, int S, float scale_log2,
     int lo, int hi,               // key j is allowed for query i when lo <= i - j <= hi
     int use_tile_list,            // 0: visit every key tile the offset rule allows; 1: the CSR list
@@ -91,9 +92,10 @@ __global__ void __launch_bounds__(THREADS) attention_fp32(
     k += (size_t)bh * S * D;
     v += (size_t)bh * S * D;
     out += (size_t)bh * L * D;
+    if (lse != nullptr) lse += (size_t)bh * L;
 
     int first, last;  // the key tiles to visit (key_tiles.cuh)
-    key_tile_range(q_tile, TILE, L, S, lo, hi, use_tile_list, tile_ptr, first, last);
+    key_tile_range(q_tile, TILE, TILE, L, S, lo, hi, use_tile_list, tile_ptr, first, last);
 
     load_transposed<D>(Qt, q, q0, L);
 
@@ -200,6 +202,7 @@ __global__ void __launch_bounds__(THREADS) attention_fp32(
         const int row = q0 + 4 * ty + i;
         if (row >= L) continue;
         const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+        if (lse != nullptr && tx == 0) store_log_sum_exp(lse + row, m[i], l[i]);
 #pragma unroll
         for (int g = 0; g < OUT_GROUPS; ++g)
             *reinterpret_cast<float4*>(out + (size_t)row * D + 64 * g + 4 * tx) =

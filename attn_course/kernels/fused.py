@@ -14,7 +14,10 @@ Both are the online softmax of ``attn_course.tiled_attention`` with tiles of
 and tiles a block layout leaves out are never visited. Nothing here imports
 CuPy until a function is called; calling one with anything but CuPy arrays
 raises a ``TypeError`` that says why (and, on a machine without a usable GPU,
-what is missing).
+what is missing). NaN and infinities in the inputs are found by a small device
+kernel (``finite_check.cu``); ``check_finite=`` says whether its verdict is read
+at once (True, the default), later by ``check_deferred_finite()`` ("deferred"),
+or not computed at all (False).
 """
 
 from __future__ import annotations
@@ -29,8 +32,16 @@ import numpy as np
 from ..backend import gpu_status
 from ..layouts import check_layout
 from ..validation import check_qkv, check_scale, shape_of
+from .variants import FP16_VARIANTS, selected_variant, variant_geometry, variant_options
 
-__all__ = ["KERNEL_TILE", "SUPPORTED_HEAD_DIMS", "block_sparse_fused_attention", "fused_attention", "kernel_source"]
+__all__ = [
+    "KERNEL_TILE",
+    "SUPPORTED_HEAD_DIMS",
+    "block_sparse_fused_attention",
+    "check_deferred_finite",
+    "fused_attention",
+    "kernel_source",
+]
 
 KERNEL_TILE = 64  # queries per thread block and keys per tile, in both kernels
 SUPPORTED_HEAD_DIMS = (64, 128)
@@ -56,22 +67,34 @@ def _shared_bytes(dtype_name: str, head_dim: int) -> int:
     return 2 * 4 * KERNEL_TILE * (head_dim + 8)  # two buffers of K and of V, halves
 
 
+def kernel_code(dtype="float32") -> str:
+    """What is compiled for ``dtype``: the headers (key_tiles.cuh; float16: tensor_cores.cuh), then the kernel."""
+    name = np.dtype(dtype).name
+    headers = ("key_tiles.cuh", "tensor_cores.cuh") if name == "float16" else ("key_tiles.cuh",)
+    return "".join((Path(__file__).parent / file).read_text() + "\n" for file in headers) + kernel_source(dtype)
+
+
 @functools.cache
-def _compiled_kernel(dtype_name: str, head_dim: int, device_id: int):
-    """Compile (once per dtype, head size and device; CuPy also caches on disk) and return the kernel."""
+def _compiled_kernel(dtype_name: str, head_dim: int, device_id: int, variant: str = "default"):
+    """Compile (once per dtype, head size, device and variant; CuPy also caches on disk) and return the kernel."""
     import cupy
 
     _, template, _ = _KERNELS[dtype_name]
     name = f"{template}<{head_dim}>"
     # No include paths: the kernels use inline PTX instead of CUDA headers, so nothing
     # depends on where (or whether) the CUDA toolkit is installed. CuPy adds -arch itself.
-    shared = (Path(__file__).parent / "key_tiles.cuh").read_text()  # helpers both kernels use
-    module = cupy.RawModule(
-        code=shared + kernel_source(dtype_name), options=("--std=c++17", "--use_fast_math"), name_expressions=[name]
-    )
+    options = ("--std=c++17", "--use_fast_math", *variant_options(variant))
+    module = cupy.RawModule(code=kernel_code(dtype_name), options=options, name_expressions=[name])
     kernel = module.get_function(name)
-    kernel.max_dynamic_shared_size_bytes = _shared_bytes(dtype_name, head_dim)
+    kernel.max_dynamic_shared_size_bytes = _launch_shape(dtype_name, head_dim, variant)[2]
     return kernel
+
+
+def _launch_shape(dtype_name: str, head_dim: int, variant: str) -> tuple[int, int, int]:
+    """``(queries per block, threads per block, shared bytes)``: float16 variants change all three."""
+    if dtype_name == "float16" and variant != "default":
+        return variant_geometry(variant, head_dim)
+    return KERNEL_TILE, _KERNELS[dtype_name][2], _shared_bytes(dtype_name, head_dim)
 
 
 @functools.cache
@@ -81,8 +104,8 @@ def _unused_tile_list(device_id: int):
     return cupy.zeros(1, dtype=cupy.int32)
 
 
-def _require_gpu_arrays(function: str, **arrays):
-    """CuPy arrays (which exist only where CuPy has a GPU), or a clear error naming the argument."""
+def require_gpu_arrays(function: str, cpu_twin: str, **arrays):
+    """CuPy arrays (which exist only where CuPy has a GPU), or a clear error naming the argument and the CPU twin."""
     for name, x in arrays.items():
         if not array_api_compat.is_cupy_array(x):
             usable, reason = gpu_status()  # only on this error path: probing the device is slow
@@ -90,14 +113,24 @@ def _require_gpu_arrays(function: str, **arrays):
             raise TypeError(
                 f"{function} runs on the GPU and takes CuPy arrays; {name} is {type(x).__module__}."
                 f"{type(x).__name__}. Move it with attn_course.asarray({name}, backend='cupy'), or use "
-                f"attn_course.tiled_attention (the same algorithm in NumPy) on the CPU.{where}"
+                f"attn_course.{cpu_twin} (the same algorithm in NumPy) on the CPU.{where}"
             )
 
 
-def _prepare(function: str, q, k, v):
-    """Checked inputs as contiguous, aligned ``(BH, L, D)`` arrays, plus what the launch needs."""
-    _require_gpu_arrays(function, q=q, k=k, v=v)
-    # Values are checked after the launch (_refuse_non_finite), so that the host's wait
+def flat_heads(x, batch, n: int, width: int, xp):
+    """``(..., n, width)`` broadcast to ``(*batch, n, width)`` as ``(BH, n, width)``, contiguous and 16-byte aligned
+    (the kernels' vector loads need both): a view when ``x`` already is, else a copy."""
+    x = xp.broadcast_to(x, (*batch, n, width)).reshape(math.prod(batch), n, width)
+    if not x.flags.c_contiguous or x.data.ptr % 16:
+        x = x.copy(order="C")
+    return x
+
+
+def prepare_inputs(function: str, q, k, v, cpu_twin: str = "tiled_attention"):
+    """Checked inputs as contiguous, aligned ``(BH, n, D)`` arrays, plus what the launch needs:
+    ``(q3, k3, v3, batch, L, S, d, dtype_name)``; errors name ``function`` and the argument."""
+    require_gpu_arrays(function, cpu_twin, q=q, k=k, v=v)
+    # Values are checked after the launch (_check_finite_values), so that the host's wait
     # for that answer overlaps the kernel instead of delaying it.
     q, k, v, xp, batch = check_qkv(q, k, v, check_finite=False)
     dtype_name = np.dtype(q.dtype).name
@@ -110,42 +143,92 @@ def _prepare(function: str, q, k, v):
     if d != dv or d not in SUPPORTED_HEAD_DIMS:
         raise ValueError(
             f"{function} supports head sizes d = dv in {SUPPORTED_HEAD_DIMS}; got q {shape_of(q)} and "
-            f"v {shape_of(v)}. Use attn_course.scaled_dot_product_attention for other sizes"
+            f"v {shape_of(v)}. Use attn_course.{cpu_twin} for other sizes"
         )
     L, S = int(q.shape[-2]), int(k.shape[-2])
     heads = math.prod(batch)
     if heads > 65535:
         raise ValueError(f"{function}: the batch dimensions hold {heads} (batch, head) pairs; at most 65535")
-
-    def flat(x, n):  # (..., n, D) -> (BH, n, D), contiguous and 16-byte aligned for vector loads
-        if x.shape != (*batch, n, d):
-            x = xp.broadcast_to(x, (*batch, n, d))
-        x = x.reshape(heads, n, d)  # a view when x is contiguous, else a copy
-        if not x.flags.c_contiguous or x.data.ptr % 16:
-            x = x.copy(order="C")
-        return x
-
-    return flat(q, L), flat(k, S), flat(v, S), batch, L, S, d, dtype_name
+    q3, k3, v3 = (flat_heads(x, batch, n, d, xp) for x, n in ((q, L), (k, S), (v, S)))
+    return q3, k3, v3, batch, L, S, d, dtype_name
 
 
-def _refuse_non_finite(q3, k3, v3):
-    """After the launch: NaN or infinities in the inputs raise, naming the argument.
+_DEFERRED_FUNCTIONS = ("fused_attention", "block_sparse_fused_attention")  # 3 bits each in the deferred flag
+_deferred_flags: dict = {}  # device id -> the int32 flag that check_finite="deferred" calls write to
 
-    One small kernel (finite_check.cu) tests all three arrays and one number comes
-    back: the host waits for the GPU once, while the attention kernel runs.
+
+def _finite_mode(function: str, check_finite):
+    """True, False or "deferred", or an error naming ``check_finite`` (checked before anything touches the GPU)."""
+    if isinstance(check_finite, (bool, np.bool_)):
+        return bool(check_finite)
+    if isinstance(check_finite, str):
+        if check_finite == "deferred":
+            return "deferred"
+        raise ValueError(f"{function}: check_finite must be True, False or 'deferred'; got {check_finite!r}")
+    raise TypeError(f"{function}: check_finite must be True, False or 'deferred'; got {check_finite!r}")
+
+
+def _check_finite_values(function: str, mode, q3, k3, v3):
+    """After the launch: NaN or infinities in the inputs are found on the device, naming the argument.
+
+    One small kernel (finite_check.cu) tests all three arrays and sets bits of an int32
+    flag in device memory. mode True: that one number is read back at once (the host waits
+    for the GPU once, after the attention kernel was queued) and a bad input raises here.
+    mode "deferred": the bits go to a flag per device that ``check_deferred_finite()`` reads
+    later; nothing waits. mode False: no check at all.
     """
+    if mode is False:
+        return
     import cupy
 
-    found = cupy.zeros(1, dtype=cupy.int32)
-    kernel = _finite_check_kernel(q3.dtype.name, cupy.cuda.Device().id)
+    device = cupy.cuda.Device().id
+    if mode == "deferred":
+        if device not in _deferred_flags:
+            _deferred_flags[device] = cupy.zeros(1, dtype=cupy.int32)
+        found, shift = _deferred_flags[device], 3 * _DEFERRED_FUNCTIONS.index(function)
+    else:
+        found, shift = cupy.zeros(1, dtype=cupy.int32), 0
+    kernel = _finite_check_kernel(q3.dtype.name, device)
     sizes = [np.int64(x.nbytes // 16) for x in (q3, k3, v3)]  # whole 16-byte pieces: rows are 128 or 256 bytes
-    kernel((4 * _multiprocessors(),), (256,), (q3, sizes[0], k3, sizes[1], v3, sizes[2], found))
+    args = (q3, sizes[0], k3, sizes[1], v3, sizes[2], found, np.int32(shift))
+    kernel((4 * _multiprocessors(),), (256,), args)
+    if mode == "deferred":
+        return
     bits = int(found.get()[0])
     for bit, name, x in ((1, "q", q3), (2, "k", k3), (4, "v", v3)):
         if bits & bit:
             raise ValueError(
                 f"{name} contains NaN or infinite values (shape {shape_of(x)}); attention needs finite inputs"
             )
+
+
+def check_deferred_finite():
+    """Raise if a call made with ``check_finite="deferred"`` since the last check saw NaN or infinities.
+
+    Those calls leave their verdict in device memory instead of waiting for it; this
+    reads it back (one wait for the GPU, per device used), clears it and raises a
+    ``ValueError`` naming the function and the argument (q, k or v). Call it where the
+    program waits for the GPU anyway (after a training step, before reading a loss).
+    Returns None when every deferred check passed, or when none was made (then it
+    touches no GPU, on any machine).
+    """
+    bad = []
+    for device, flag in _deferred_flags.items():
+        bits = int(flag.get()[0])  # the flag lives on its device; .get() copies from there
+        if bits:
+            flag.fill(0)
+            names = [
+                f"{function}: {name}"
+                for offset, function in enumerate(_DEFERRED_FUNCTIONS)
+                for bit, name in ((1, "q"), (2, "k"), (4, "v"))
+                if bits & (bit << 3 * offset)
+            ]
+            bad.append(f"{', '.join(names)} (device {device})")
+    if bad:
+        raise ValueError(
+            "NaN or infinite values were passed to a call made with check_finite='deferred' since the last "
+            f"check: {', '.join(bad)}; attention needs finite inputs"
+        )
 
 
 @functools.cache
@@ -164,11 +247,15 @@ def _multiprocessors() -> int:
     return int(cupy.cuda.Device().attributes["MultiProcessorCount"])
 
 
-def _launch(q3, k3, v3, L, S, d, dtype_name, scale, lo, hi, tiles=None, out=None):
-    """Run the kernel on ``(BH, n, D)`` arrays; ``tiles`` = (tile_ptr, tile_idx) CSR or None (a range)."""
+def _launch(q3, k3, v3, L, S, d, dtype_name, scale, lo, hi, tiles=None, out=None, lse=None, variant="default"):
+    """Run the kernel on ``(BH, n, D)`` arrays; ``tiles`` = (tile_ptr, tile_idx) CSR or None (a range).
+
+    ``lse``: a float32 ``(BH, L)`` array that receives each row's log-sum-exp, or None (not written).
+    ``variant``: a float16 kernel variant of ``variants.FP16_VARIANTS`` (tile lists need "default").
+    """
     import cupy
 
-    kernel = _compiled_kernel(dtype_name, d, cupy.cuda.Device().id)
+    kernel = _compiled_kernel(dtype_name, d, cupy.cuda.Device().id, variant)
     heads = int(q3.shape[0])
     if out is None:
         out = cupy.empty((heads, L, d), dtype=q3.dtype)
@@ -178,15 +265,17 @@ def _launch(q3, k3, v3, L, S, d, dtype_name, scale, lo, hi, tiles=None, out=None
     else:
         tile_ptr, tile_idx = tiles
         use_list = 1
-    threads = _KERNELS[dtype_name][2]
-    grid = (math.ceil(L / KERNEL_TILE), heads)
+    query_tile, threads, shared_bytes = _launch_shape(dtype_name, d, variant)
+    grid = (math.ceil(L / query_tile), heads)
     scale_log2 = np.float32(scale * _LOG2_E)
-    args = (q3, k3, v3, out, np.int32(L), np.int32(S), scale_log2, np.int32(lo), np.int32(hi), np.int32(use_list))
-    kernel(grid, (threads,), (*args, tile_ptr, tile_idx), shared_mem=_shared_bytes(dtype_name, d))
+    lse_pointer = np.uint64(0) if lse is None else lse  # a null pointer: the kernel skips the lse
+    args = (q3, k3, v3, out, lse_pointer, np.int32(L), np.int32(S), scale_log2)
+    args += (np.int32(lo), np.int32(hi), np.int32(use_list))
+    kernel(grid, (threads,), (*args, tile_ptr, tile_idx), shared_mem=shared_bytes)
     return out
 
 
-def fused_attention(q, k, v, *, is_causal=False, scale=None):
+def fused_attention(q, k, v, *, is_causal=False, scale=None, return_lse=False, check_finite=True, _variant=None):
     """``softmax(q k^T * scale) v`` in one fused GPU kernel (CuPy arrays in and out).
 
     q: (..., L, d), k: (..., S, d), v: (..., S, d), float16 or float32 CuPy
@@ -194,16 +283,42 @@ def fused_attention(q, k, v, *, is_causal=False, scale=None):
     sees keys j <= i (top-left aligned, as in ``scaled_dot_product_attention``);
     key tiles entirely above the diagonal are skipped. scale: default 1/sqrt(d).
     Returns out (..., L, d) of the input dtype; float16 accumulates in float32.
+    return_lse: return ``(out, lse)`` instead, lse (..., L) float32, each row's
+    log-sum-exp ``log sum_j exp(q_i . k_j * scale)`` in natural log (-inf for a row
+    with no allowed key), what ``fused_attention_backward`` recomputes P from.
+    check_finite: True (default): NaN or infinities in q, k or v raise a ``ValueError``
+    naming the argument; a small device kernel tests them after the launch and one
+    int32 comes back, so the host waits for the GPU once per call. "deferred": the
+    same test leaves its verdict in device memory and nothing waits;
+    ``check_deferred_finite()`` reads it later. False: no test (for timing the kernel
+    alone, or inside a CUDA graph, where no read-back may happen).
     Memory: the output only; no (L, S) array exists at any time.
+    (``_variant``, or the environment's ``FUSED_FP16_VARIANT``: a float16 kernel variant
+    for benchmarks, see ``kernels/variants.py``.)
     """
     if not isinstance(is_causal, (bool, np.bool_)):
         raise TypeError(f"is_causal must be True or False; got {is_causal!r}")
-    q3, k3, v3, batch, L, S, d, dtype_name = _prepare("fused_attention", q, k, v)
+    finite_mode = _finite_mode("fused_attention", check_finite)
+    q3, k3, v3, batch, L, S, d, dtype_name = prepare_inputs("fused_attention", q, k, v)
     scale = check_scale(scale, d)
     lo, hi = (0, L) if is_causal else (-S, L)  # allowed when lo <= i - j <= hi
-    out = _launch(q3, k3, v3, L, S, d, dtype_name, scale, lo, hi)
-    _refuse_non_finite(q3, k3, v3)
+    if not isinstance(return_lse, (bool, np.bool_)):
+        raise TypeError(f"return_lse must be True or False; got {return_lse!r}")
+    lse = _empty_lse(q3, L) if return_lse else None
+    variant = selected_variant(_variant) if dtype_name == "float16" else "default"
+    if FP16_VARIANTS[variant].get("FOLD_SCALE") and scale <= 0:
+        variant = "default"  # folding the scale takes the maximum of unscaled scores: right for a positive scale only
+    out = _launch(q3, k3, v3, L, S, d, dtype_name, scale, lo, hi, lse=lse, variant=variant)
+    _check_finite_values("fused_attention", finite_mode, q3, k3, v3)
+    if return_lse:
+        return out.reshape(*batch, L, d), lse.reshape(*batch, L)
     return out.reshape(*batch, L, d)
+
+
+def _empty_lse(q3, L: int):
+    import cupy
+
+    return cupy.empty((int(q3.shape[0]), L), dtype=cupy.float32)
 
 
 def _offset_range(mask, L: int, S: int) -> tuple[int, int]:
@@ -259,7 +374,7 @@ def _tile_lists(
     return cupy.asarray(tile_ptr), cupy.asarray(tile_idx)
 
 
-def block_sparse_fused_attention(q, k, v, layout, block_size, mask=None, *, scale=None):
+def block_sparse_fused_attention(q, k, v, layout, block_size, mask=None, *, scale=None, check_finite=True):
     """Attention on the GPU over the blocks ``layout`` marks only, in one fused kernel.
 
     The GPU twin of ``attn_course.block_sparse_attention``. q: (..., L, d),
@@ -271,8 +386,12 @@ def block_sparse_fused_attention(q, k, v, layout, block_size, mask=None, *, scal
     (``masks.causal()``, ``masks.sliding_window(w)``, ``sliding_window(w, causal=True)``),
     applied inside the marked blocks. Returns out (..., L, d); a query with no
     allowed key gets a zero row. Time and memory grow with the marked blocks.
+    check_finite: True, "deferred" or False, as in ``fused_attention``.
     """
-    q3, k3, v3, batch, L, S, d, dtype_name = _prepare("block_sparse_fused_attention", q, k, v)
+    finite_mode = _finite_mode("block_sparse_fused_attention", check_finite)
+    q3, k3, v3, batch, L, S, d, dtype_name = prepare_inputs(
+        "block_sparse_fused_attention", q, k, v, "block_sparse_attention"
+    )
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
         raise TypeError(f"block_size must be an integer; got {block_size!r}")
     if block_size <= 0 or block_size % KERNEL_TILE:
@@ -288,5 +407,5 @@ def block_sparse_fused_attention(q, k, v, layout, block_size, mask=None, *, scal
     # The layout's bits (8x smaller than its booleans) are the cache key: cheap to hash.
     csr = _tile_lists(np.packbits(layout).tobytes(), layout.shape, int(block_size), L, S, lo, hi, cupy.cuda.Device().id)
     out = _launch(q3, k3, v3, L, S, d, dtype_name, scale, lo, hi, tiles=csr)
-    _refuse_non_finite(q3, k3, v3)
+    _check_finite_values("block_sparse_fused_attention", finite_mode, q3, k3, v3)
     return out.reshape(*batch, L, d)

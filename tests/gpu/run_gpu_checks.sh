@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
-# Everything the course checks on a GPU, in one go, for whoever has one:
-#   1. the fused kernels' tests (tests/test_kernels.py),
-#   2. the GPU benchmark (python -m attn_course.bench gpu), its JSON records, goals and plot,
-#   3. the whole unit-test suite, whose CuPy cases run only where a GPU is usable,
+# Everything the course checks on a GPU, in one go, for whoever has one (about 8 minutes at most on an H200):
+#   1. the fused kernels' tests (tests/test_kernels*.py) and the benchmark's own tests,
+#   2. the GPU benchmark (python -m attn_course.bench gpu): every implementation timed end to end (ms) and
+#      kernel only (kernel_ms), 3 rounds each; JSON records, goals file (issue 17's goals) and plot,
+#   3. the rest of the unit-test suite, whose CuPy cases run only where a GPU is usable,
 #   4. lesson 15 executed on the GPU (its GPU cells are skipped by nbval on machines without one),
-#      written to OUT_DIR/15_attention_on_the_gpu.gpu.ipynb to read (never over the stored lesson).
+#      written to OUT_DIR/15_attention_on_the_gpu.gpu.ipynb to read (never over the stored lesson),
+#   and last a summary: each stage's exit status and time, and each goal's measured figure.
 # Usage, from the repository root on a machine with an NVIDIA GPU, CuPy and torch with CUDA:
 #   bash tests/gpu/run_gpu_checks.sh [OUT_DIR]        (default: benchmarks/results/gpu-run)
 # Commit the records it writes (OUT_DIR/<card>.json, _goals.json, .png) to benchmarks/results/.
-# Each stage has a time limit (seconds; override with KERNEL_LIMIT, BENCH_LIMIT, SUITE_LIMIT).
+# Each stage has a time limit in seconds (KERNEL_LIMIT 120, BENCH_LIMIT 200, SUITE_LIMIT 100, LESSON_LIMIT 60:
+# 480 s together); a stage that runs out is stopped and the next one starts (the benchmark writes its records
+# and goals after each sequence length, so a stopped run keeps what it measured).
 set -u
 OUT_DIR=${1:-benchmarks/results/gpu-run}
 mkdir -p "$OUT_DIR"
 PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# The records name the commit; a copy of the tree without .git can pass it in ATTN_COURSE_COMMIT.
+if [ -z "${ATTN_COURSE_COMMIT:-}" ] && commit=$(git rev-parse HEAD 2>/dev/null); then
+    git diff --quiet HEAD 2>/dev/null || commit="$commit+dirty"
+    export ATTN_COURSE_COMMIT=$commit
+fi
 WORKERS=${WORKERS:-8}
+STATUS=()
 
 stage() {  # stage NAME LIMIT COMMAND...: run, log to OUT_DIR/NAME.log, report the time and status
     local name=$1 limit=$2
@@ -22,34 +32,45 @@ stage() {  # stage NAME LIMIT COMMAND...: run, log to OUT_DIR/NAME.log, report t
     local start=$SECONDS
     timeout "$limit" "$@" >"$OUT_DIR/$name.log" 2>&1
     local status=$?
-    echo "== $name: exit $status after $((SECONDS - start)) s (limit $limit s); last lines of $name.log:"
-    tail -n "${TAIL_LINES:-25}" "$OUT_DIR/$name.log"
+    local verdict="exit $status"
+    [ "$status" = 124 ] && verdict="STOPPED at its limit"
+    STATUS+=("$name: $verdict after $((SECONDS - start)) s (limit $limit s)")
+    echo "== $name: $verdict after $((SECONDS - start)) s (limit $limit s); last lines of $name.log:"
+    tail -n "${TAIL_LINES:-8}" "$OUT_DIR/$name.log"
 }
 
 {
     date -u
+    echo "commit: ${ATTN_COURSE_COMMIT:-unknown}"
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
     $PYTHON -m attn_course.check_env
 } >"$OUT_DIR/environment.txt" 2>&1
-head -n 3 "$OUT_DIR/environment.txt"
+head -n 4 "$OUT_DIR/environment.txt"
 
-stage kernels "${KERNEL_LIMIT:-150}" $PYTHON -m pytest tests/test_kernels.py -q -p no:randomly -p no:cacheprovider
+stage kernels "${KERNEL_LIMIT:-120}" $PYTHON -m pytest tests/test_kernels*.py tests/test_bench_gpu_records.py \
+    tests/test_gpu_notes.py -q -n 4 -p no:randomly -p no:cacheprovider
 cat "$OUT_DIR/environment.txt" >>"$OUT_DIR/kernels.log" && rm "$OUT_DIR/environment.txt"  # one file fewer to carry
-stage bench "${BENCH_LIMIT:-300}" $PYTHON -m attn_course.bench gpu --out "$OUT_DIR"
-# test_lab.py starts JupyterLab, which GPU images seldom have; it tests nothing about the GPU.
-stage suite "${SUITE_LIMIT:-240}" $PYTHON -m pytest tests -q -m "not grader" -n "$WORKERS" --dist loadfile \
-    -p no:randomly -p no:cacheprovider --ignore=tests/test_lab.py
-stage lesson15 "${LESSON_LIMIT:-180}" $PYTHON - "$OUT_DIR/15_attention_on_the_gpu.gpu.ipynb" <<'PY'
+TAIL_LINES=4 stage bench "${BENCH_LIMIT:-200}" $PYTHON -m attn_course.bench gpu --out "$OUT_DIR"
+# test_lab.py starts JupyterLab, which GPU images seldom have; it tests nothing about the GPU. The kernel
+# tests ran in the first stage.
+TAIL_LINES=4 stage suite "${SUITE_LIMIT:-100}" $PYTHON -m pytest tests -q -m "not grader" -n "$WORKERS" \
+    --dist loadfile -p no:randomly -p no:cacheprovider --ignore=tests/test_lab.py --ignore-glob='tests/test_kernels*.py'
+TAIL_LINES=6 stage lesson15 "${LESSON_LIMIT:-60}" $PYTHON - "$OUT_DIR/15_attention_on_the_gpu.gpu.ipynb" <<'PY'
 import sys, time
 
 import nbclient, nbformat
 
 notebook = nbformat.read("notebooks/15_attention_on_the_gpu.ipynb", as_version=4)
 started = time.perf_counter()
-nbclient.NotebookClient(notebook, timeout=170, kernel_name="python3", resources={"metadata": {"path": "notebooks"}}).execute()
+nbclient.NotebookClient(notebook, timeout=55, kernel_name="python3", resources={"metadata": {"path": "notebooks"}}).execute()
 nbformat.write(notebook, sys.argv[1])
 for cell in notebook.cells:
     if cell.cell_type == "code" and "nbval-skip" in cell.metadata.get("tags", []):
         print("".join(out.get("text", "") for out in cell.outputs))
 print(f"lesson 15 ran in {time.perf_counter() - started:.1f} s")
 PY
+
+echo
+echo "== summary (logs and records in $OUT_DIR)"
+printf '  %s\n' "${STATUS[@]}"
+$PYTHON -c "import sys; from attn_course.bench import gpu; sys.exit(gpu.print_summary(sys.argv[1]))" "$OUT_DIR"
