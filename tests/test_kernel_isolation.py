@@ -133,12 +133,14 @@ def test_a_process_flood_stops_at_the_cgroup_s_cap_even_for_root():
     try:
         done = launch({"pids_cgroup": group.path}, sys.executable, "-c", flood)
         assert done.returncode == 0, done.stderr
-        assert 0 < int(done.stdout) < 12, "the cap counts the kernel itself"
-        assert len(group.members()) == int(done.stdout), "the sleeping children are still in the group"
+        born = int(done.stdout)
+        assert 0 < born < 12, f"{born} processes born under a cap of 12 (the cap counts the kernel itself)"
+        members = group.members()
+        assert len(members) == born, f"the sleeping children are still in the group: {members}, {born} born"
     finally:
         killed = group.close()
-    assert killed == int(done.stdout)
-    assert not os.path.exists(group.path)
+    assert killed == born
+    assert not os.path.exists(group.path), "the group is removed once its members are gone"
 
 
 # --------------------------------------------------------------------------- a graded submission

@@ -182,7 +182,9 @@ class PidsGroup:
             _signal_all(left, signal.SIGSTOP)
             _signal_all(left, signal.SIGKILL)
             killed |= left
-            _reap(left)
+        for pid in killed:  # a killed process handed up to this one (a subreaper) stays a zombie in the group
+            with contextlib.suppress(OSError):
+                os.waitpid(pid, 0)
         for _ in range(50):  # the group can be removed once its last member is gone
             try:
                 os.rmdir(self.path)
