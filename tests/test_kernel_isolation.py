@@ -62,7 +62,7 @@ def isolation(folder):
 
 def test_the_kernel_sees_no_masters_no_history_no_classmates_but_runs_the_package(classmates):
     spec = isolation(classmates)
-    if not sandbox.isolation_works(spec):
+    if not sandbox.isolation_support()[0]:
         pytest.skip("no mount namespace here (neither root nor unprivileged user namespaces)")
     done = launch(
         spec, sys.executable, "-c", PROBE, str(assign.SOLUTIONS_DIR), str(REPO / ".git"), str(classmates), str(REPO)
@@ -78,7 +78,7 @@ def test_the_kernel_sees_no_masters_no_history_no_classmates_but_runs_the_packag
 def test_a_root_grader_s_kernel_is_a_user_of_its_own_that_cannot_write_the_course(classmates):
     spec = isolation(classmates)
     limits = sandbox.Limits()
-    uid = sandbox.kernel_user(limits, spec)
+    uid = sandbox.kernel_user(limits)
     assert uid is not None and uid != 0, "the interpreter in root's home is bound back for the kernel's user"
     code = "import os, sys; open(os.path.join(sys.argv[1], 'attn_course', 'planted.py'), 'w')"
     done = launch({**spec, "uid": uid}, sys.executable, "-c", code, str(REPO))
@@ -171,11 +171,10 @@ for cell in found["cells"]:
 @pytest.mark.grader
 @pytest.mark.parametrize("hidden", [True, False], ids=["masters hidden", "hiding off (control)"])
 def test_an_answer_that_reads_the_master_at_run_time_earns_nothing(tmp_path, monkeypatch, hidden):
-    if not sandbox.isolation_works(isolation(tmp_path)):
+    if not sandbox.isolation_support()[0]:
         pytest.skip("no mount namespace here")
-    if not hidden:
-        monkeypatch.setattr(sandbox, "isolation_works", lambda spec: False)
-        monkeypatch.setattr(sandbox, "kernel_user", lambda limits, isolation=None: None)  # the root kernel can read
+    if not hidden:  # the root kernel, or the grader's own user, can read the masters then
+        monkeypatch.setenv(sandbox.ISOLATION_ENV, "0,0")
     notebook = nbformat.read(REPO / "exercises" / f"{MASTER_02}.ipynb", as_version=4)
     answer = next(cell for cell in notebook.cells if cell.metadata.get("attn_course", {}).get("grade_id") == "softmax")
     answer.source = READS_THE_MASTER.format(course=str(REPO))

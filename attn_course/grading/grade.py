@@ -70,7 +70,7 @@ from .gradebook import clean_text, flag_duplicates, report_name, write_atomicall
 from .judge import Verdict, judge
 from .processes import children, harden_grader, kill_leftovers
 from .result_files import RecordError, read_result, set_aside, write_inputs
-from .sandbox import CellHooks, Limits, RunLog, run_notebook
+from .sandbox import CellHooks, Limits, RunLog, isolation_support, run_notebook
 from .specs import get_exercise
 
 __all__ = ["GRADER_VERSION", "Options", "grade_many", "grade_submission", "main"]
@@ -612,6 +612,7 @@ def _pool_context():
 def grade_many(paths: list[Path], options: Options, jobs: int = 1, progress: bool = True) -> dict[Path, dict]:
     """Grade every path, ``jobs`` at a time; a crashed worker costs its submissions a report, not the batch."""
     results: dict[Path, dict] = {}
+    isolation_support()  # probed once here; the workers inherit the answer (ATTN_COURSE_GRADER_ISOLATION)
     if jobs <= 1 or len(paths) <= 1:
         bar = tqdm(total=len(paths), desc="grading", unit="notebook", disable=not progress, file=sys.stderr)
         for path in paths:

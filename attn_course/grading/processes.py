@@ -192,4 +192,3 @@ class PidsGroup:
             except OSError:
                 time.sleep(0.02)
         return len(killed)
-

@@ -38,10 +38,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,40 +282,48 @@ def hidden_paths(extra=()) -> list[str]:
     return paths
 
 
-_isolation: dict[tuple, bool] = {}
+ISOLATION_ENV = "ATTN_COURSE_GRADER_ISOLATION"  # "hide,user": what this machine allows, probed once per batch
 
 
 def _launcher_works(spec: dict) -> bool:
-    """Whether the launcher starts the interpreter with ``spec`` and the package imports (tried once per spec)."""
-    key = json.dumps(spec, sort_keys=True)
-    if key not in _isolation:
-        command = [sys.executable, str(LAUNCHER), json.dumps({**spec, "hide_required": True}), "--"]
-        command += [sys.executable, "-c", "import attn_course.grading"]
-        env = {**os.environ, "PYTHONPATH": str(PACKAGE_PARENT)}
-        try:
-            done = subprocess.run(command, cwd="/", env=env, capture_output=True, timeout=60, check=False)
-            _isolation[key] = done.returncode == 0
-        except (OSError, subprocess.SubprocessError):
-            _isolation[key] = False
-    return _isolation[key]
+    """Whether the launcher starts the interpreter with ``spec`` and the package imports."""
+    command = [sys.executable, str(LAUNCHER), json.dumps({**spec, "hide_required": True}), "--"]
+    command += [sys.executable, "-c", "import attn_course.grading"]
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_PARENT)}
+    try:
+        return subprocess.run(command, cwd="/", env=env, capture_output=True, timeout=60, check=False).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
-def kernel_user(limits: Limits, isolation: dict | None = None) -> int | None:
+def isolation_support() -> tuple[bool, bool]:
+    """``(hide, separate_user)``: whether kernels can start with folders hidden (a mount namespace), and whether a
+    root grader's kernels can run as a user of their own (the interpreter reachable for it, the package importable).
+
+    Probed once, with a throwaway folder to hide; the answer is kept in the environment (``ATTN_COURSE_GRADER_
+    ISOLATION``), so the batch's worker processes inherit it instead of probing again for every submission.
+    """
+    known = os.environ.get(ISOLATION_ENV, "")
+    if re.fullmatch(r"[01],[01]", known):
+        return known[0] == "1", known[2] == "1"
+    with tempfile.TemporaryDirectory(prefix="attn_probe_") as folder:
+        spec = {"hide": hidden_paths([folder]), "keep": kept_paths()}
+        hide = _launcher_works(spec)
+        user = is_root() and hide and _launcher_works({**spec, "uid": 200_000 + secrets.randbelow(800_000)})
+    os.environ[ISOLATION_ENV] = f"{int(hide)},{int(user)}"
+    return hide, user
+
+
+def kernel_user(limits: Limits) -> int | None:
     """The unprivileged user a root grader runs the kernel as (a fresh id per run), else None (same user).
 
-    Tried once per process (with the mount namespace ``isolation`` that hides root's home and binds the interpreter
-    back): when that user still cannot run the interpreter or import the package, None, and the root kernel runs
-    without capabilities instead (see launch_with_limits.py).
+    None also where that user could not run the interpreter or import the package even with root's home
+    hidden and the interpreter bound back (:func:`isolation_support`): the root kernel then runs without
+    capabilities instead (see launch_with_limits.py).
     """
-    if not limits.separate_user or not hasattr(os, "geteuid") or os.geteuid() != 0:
+    if not limits.separate_user or not is_root() or not isolation_support()[1]:
         return None
-    uid = 200_000 + secrets.randbelow(800_000)
-    return uid if _launcher_works({"uid": 123_457, **(isolation or {})}) else None
-
-
-def isolation_works(isolation: dict) -> bool:
-    """Whether the kernel can be started with its answer key hidden (``isolation``: ``hide`` and ``keep``)."""
-    return _launcher_works(isolation)
+    return 200_000 + secrets.randbelow(800_000)
 
 
 def prepare_scratch(scratch: Path, uid: int | None) -> None:
@@ -472,17 +482,16 @@ def run_notebook(
     scratch = workdir.parent / f"{workdir.name}-kernel"
     scratch.mkdir(parents=True, exist_ok=True)
     log = RunLog()
-    isolation = {"hide": hidden_paths(hide), "keep": kept_paths()}
-    if not isolation_works(isolation):
+    isolation = {"hide": hidden_paths(hide), "keep": kept_paths(workdir.parent)} if isolation_support()[0] else None
+    if isolation is None:
         log.notes.append("the masters and the batch's folders could not be hidden from the kernel (no mount namespace)")
-        isolation = None
-    uid = kernel_user(limits, isolation)
+    uid = kernel_user(limits)
     prepare_scratch(scratch, uid)
     if uid is not None:
         os.chmod(workdir.parent, 0o711)  # the kernel's user may pass through, not list
         for folder in (workdir, record_dir):
             os.chown(folder, uid, uid)
-    more = {"hide": isolation["hide"], "keep": kept_paths(workdir.parent)} if isolation else {}
+    more = dict(isolation or {})
     group = PidsGroup.create(limits.processes) if uid is not None or is_root() else None
     if group is not None:
         more["pids_cgroup"] = group.path
