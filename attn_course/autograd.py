@@ -24,6 +24,8 @@ On CUDA tensors (float16 or float32, d = dv = 64 or 128, no mask) where CuPy
 can run, the same Function runs the GPU kernels instead: ``fused_attention(...,
 return_lse=True)`` forward and ``fused_attention_backward`` backward
 (``attn_course.kernels``), on the tensors' own memory through DLPack (no copy).
+``window=w`` (keys with |i - j| <= w) goes to the kernels' native window there,
+and becomes the predicate ``masks.sliding_window(w)`` on the CPU path.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .backend import gpu_available
 from .backward import tiled_attention_backward
 from .kernels import SUPPORTED_HEAD_DIMS, fused_attention, fused_attention_backward
 from .layouts import is_predicate
+from .masks import sliding_window
 from .tiled import tiled_attention
 from .torch_modules import MultiHeadAttention
 
@@ -78,20 +81,26 @@ def as_cupy(tensor: torch.Tensor):
 class TiledAttentionFunction(torch.autograd.Function):
     """``out = softmax(q k^T * scale) v`` by ``tiled_attention``; the gradients by ``tiled_attention_backward``.
 
-    Called as ``TiledAttentionFunction.apply(q, k, v, mask, is_causal, block_size, scale)``;
+    Called as ``TiledAttentionFunction.apply(q, k, v, mask, is_causal, block_size, scale[, window])``;
     q: (..., L, d), k: (..., S, d), v: (..., S, dv) -> out (..., L, dv). The
-    mask (None, a boolean tensor or a predicate) gets no gradient.
+    mask (None, a boolean tensor or a predicate) gets no gradient; window (None or
+    an int w: keys with |i - j| <= w) is used only where mask is None.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, mask, is_causal, block_size, scale):
+    def forward(ctx, q, k, v, mask, is_causal, block_size, scale, window=None):
         ctx.fused = fused_kernels_apply(q, k, v, mask)
+        ctx.window = window
         if ctx.fused:  # CUDA tensors: the fused GPU kernels on the same memory, the same formulas
-            out, lse = fused_attention(*map(as_cupy, (q, k, v)), is_causal=is_causal, scale=scale, return_lse=True)
+            out, lse = fused_attention(
+                *map(as_cupy, (q, k, v)), is_causal=is_causal, window=window, scale=scale, return_lse=True
+            )
             out, lse = torch.from_dlpack(out), torch.from_dlpack(lse)  # (..., L, d), (..., L)
             ctx.save_for_backward(q, k, v, out, lse)
             ctx.options = (None, is_causal, block_size, scale)
             return out
+        if window is not None:  # the CPU path: the same rule as a predicate (with is_causal: the causal window)
+            mask = sliding_window(window)
         mask_array = as_package_array(mask) if isinstance(mask, torch.Tensor) else mask
         out, lse = tiled_attention(
             *(as_package_array(x) for x in (q, k, v)),
@@ -112,10 +121,13 @@ class TiledAttentionFunction(torch.autograd.Function):
         mask, is_causal, block_size, scale = ctx.options
         if ctx.fused:  # the backward kernel: dq, dk, dv from one pass over the key tiles
             grads = fused_attention_backward(
-                *map(as_cupy, (q, k, v, out, lse, grad_out.contiguous())), is_causal=is_causal, scale=scale
+                *map(as_cupy, (q, k, v, out, lse, grad_out.contiguous())),
+                is_causal=is_causal,
+                window=ctx.window,
+                scale=scale,
             )
             dq, dk, dv = (torch.from_dlpack(g) for g in grads)
-            return dq, dk, dv, None, None, None, None
+            return dq, dk, dv, None, None, None, None, None
         grads = tiled_attention_backward(
             *(as_package_array(x) for x in (q, k, v, out, lse, grad_out)),
             mask,
@@ -124,22 +136,27 @@ class TiledAttentionFunction(torch.autograd.Function):
             scale=scale,
         )
         dq, dk, dv = (as_tensor(g, q) for g in grads)  # the shapes of q, k, v
-        return dq, dk, dv, None, None, None, None  # no gradient for mask, is_causal, block_size, scale
+        return dq, dk, dv, None, None, None, None, None  # none for mask, is_causal, block_size, scale, window
 
 
-def attention(q, k, v, mask=None, *, is_causal=False, block_size=128, scale=None):
+def attention(q, k, v, mask=None, *, is_causal=False, block_size=128, scale=None, window=None):
     """``tiled_attention`` on torch tensors, differentiable: the backward recomputes the weights from ``lse``.
 
     q: (..., L, d), k: (..., S, d), v: (..., S, dv) torch tensors of one float dtype;
     mask: None, a boolean tensor broadcastable to (..., L, S), or a predicate ``mask_fn(i, j)``.
-    Returns out (..., L, dv).
+    window: None, or an int w >= 0: keys with |i - j| <= w only (with is_causal, 0 <= i - j <= w);
+    not together with a mask. Returns out (..., L, dv).
     """
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch tensor (..., n, features); got {type(x).__name__}")
     if mask is not None and not isinstance(mask, torch.Tensor) and not is_predicate(mask):
         raise TypeError(f"mask must be None, a boolean torch tensor or a predicate; got {type(mask).__name__}")
-    return TiledAttentionFunction.apply(q, k, v, mask, is_causal, block_size, scale)
+    if window is not None:
+        sliding_window(window)  # checks window: an int >= 0, errors naming it
+        if mask is not None:
+            raise ValueError("pass window or mask, not both (fold the window into the mask: masks.sliding_window)")
+    return TiledAttentionFunction.apply(q, k, v, mask, is_causal, block_size, scale, window)
 
 
 class Attention(nn.Module):

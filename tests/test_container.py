@@ -402,6 +402,7 @@ def test_namespace_batch_grades_masters_full_and_stubs_zero(tmp_path):
     max_score = assign.read_master(assign.SOLUTIONS_DIR / f"{MASTER_02}.ipynb").max_score
     assert rows["02_alice.ipynb"]["score"] == f"{max_score:g}", rows
     assert rows["'=02 bob.ipynb"]["score"] == "0", rows
+
     def report_of(name):
         return json.loads((out / container.report_file_name(name, rows[name]["sha256"])).read_text())
 

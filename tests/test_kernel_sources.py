@@ -63,6 +63,15 @@ def test_every_float16_variant_compiles(variant, d):
 
 
 @pytest.mark.parametrize("d", HEAD_DIMS)
+@pytest.mark.parametrize("variant", sorted(name for name, macros in FP16_VARIANTS.items() if macros.get("LOOK_AHEAD")))
+def test_the_look_ahead_variants_compile_without_spills(variant, d):
+    # S of the next tile lives beside the current one's: a second set of score registers, which must not spill
+    result = compile_for_sm90(kernel_code("float16"), [f"attention_fp16<{d}>"], variant_options(variant))
+    assert spilled_bytes(result["log"]) == [0], result["log"]
+    assert "0 bytes stack frame" in result["log"], result["log"]
+
+
+@pytest.mark.parametrize("d", HEAD_DIMS)
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_the_backward_kernels_compile_without_spills(dtype, d):
     result = compile_for_sm90(backward_kernel_code(dtype), backward_kernel_names(dtype, d))

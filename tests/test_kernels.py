@@ -548,3 +548,215 @@ def test_an_unknown_variant_is_refused_by_name():
     assert selected_variant("q128_w8x16") == "q128_w8x16"
     with pytest.raises(ValueError, match="unknown float16 kernel variant 'q256'"):
         selected_variant("q256")
+
+
+# ---- the native window, layouts per head, the look-ahead variant -----------------------------------------
+
+WINDOW_CASES = [(0, False), (5, False), (4, True), (100, True), (10**12, False)]
+
+
+@pytest.mark.parametrize("window, causal", WINDOW_CASES)
+@pytest.mark.parametrize("L, S", [(23, 31), (31, 23)])
+def test_a_window_becomes_the_kernels_offset_range(L, S, window, causal):
+    from attn_course.kernels.fused import offset_range
+
+    lo, hi = offset_range(L, S, is_causal=causal, window=window)
+    offsets = np.arange(L)[:, None] - np.arange(S)[None, :]  # (L, S): i - j
+    expected = masks.materialize(masks.sliding_window(min(window, 10**6), causal=causal), L, S)
+    np.testing.assert_array_equal((lo <= offsets) & (offsets <= hi), expected)
+    assert -(2**31) < lo <= hi < 2**31  # fits the kernels' int32, whatever the window
+    for is_causal, rule in ((False, np.ones((L, S), bool)), (True, masks.causal_mask(L, S))):
+        lo, hi = offset_range(L, S, is_causal=is_causal)
+        np.testing.assert_array_equal((lo <= offsets) & (offsets <= hi), rule)
+
+
+@pytest.mark.parametrize("window, error", [(-1, ValueError), (2.5, TypeError), (True, TypeError), ("8", TypeError)])
+def test_a_bad_window_is_refused_by_name_before_the_gpu_is_touched(window, error):
+    from attn_course.kernels import fused_attention_backward
+
+    x = np.ones((2, 70, 64), dtype=np.float32)
+    with pytest.raises(error, match=r"^window must be"):
+        fused_attention(x, x, x, window=window)
+    with pytest.raises(error, match=r"^window must be"):
+        fused_attention_backward(x, x, x, x, np.zeros((2, 70), np.float32), x, window=window)
+
+
+def plain_tile_lists(layout, block_size, L, S, lo, hi):
+    """The CSR of kernel tiles built one tile at a time: head by head, query tile by query tile."""
+    rows, cols = -(-L // 64), -(-S // 64)
+    tile_ptr, tile_idx = [0], []
+    for head in layout:
+        for r in range(rows):
+            for c in range(cols):
+                offsets = [64 * r + a - (64 * c + b) for a in (0, 63) for b in (0, 63)]  # the tile's extreme i - j
+                if head[64 * r // block_size, 64 * c // block_size] and max(offsets) >= lo and min(offsets) <= hi:
+                    tile_idx.append(c)
+            tile_ptr.append(len(tile_idx))
+    return np.array(tile_ptr), np.array(tile_idx or [0])
+
+
+@pytest.mark.parametrize("block_size", [64, 128])
+@pytest.mark.parametrize("heads", [1, 3])
+@pytest.mark.parametrize("rule", [None, (-70, 70), (0, 200)], ids=["all", "window", "causal-window"])
+def test_the_tile_lists_of_a_layout_per_head(rule, heads, block_size):
+    from attn_course.kernels.fused import kernel_tile_lists
+
+    L, S = 389, 457
+    lo, hi = rule or (-S, L)
+    rng = np.random.default_rng(heads * block_size)
+    layout = rng.random((heads, -(-L // block_size), -(-S // block_size))) < 0.5  # (h, nb_q, nb_k)
+    layout[-1, 1] = False  # an empty block row in the last head
+    tile_ptr, tile_idx = kernel_tile_lists(layout, block_size, L, S, lo, hi)
+    expected_ptr, expected_idx = plain_tile_lists(layout, block_size, L, S, lo, hi)
+    assert tile_ptr.dtype == tile_idx.dtype == np.int32 and len(tile_ptr) == heads * -(-L // 64) + 1
+    np.testing.assert_array_equal(tile_ptr, expected_ptr)
+    np.testing.assert_array_equal(tile_idx, expected_idx)
+    shared_ptr, shared_idx = kernel_tile_lists(layout[:1], block_size, L, S, lo, hi)
+    rows = -(-L // 64)
+    np.testing.assert_array_equal(shared_ptr, tile_ptr[: rows + 1])  # head 0's lists lead
+    np.testing.assert_array_equal(shared_idx[: shared_ptr[-1]], tile_idx[: shared_ptr[-1]])
+
+
+def test_a_layout_per_head_is_checked_against_the_heads_axis():
+    from attn_course.kernels.fused import check_head_layouts
+
+    shared = np.ones((7, 8), bool)  # L = 389, S = 457, block 64
+    assert check_head_layouts(shared, 64, 389, 457, (2, 3)).shape == (1, 7, 8)
+    assert check_head_layouts(np.ones((3, 7, 8), bool), 64, 389, 457, (2, 3)).shape == (3, 7, 8)
+    assert check_head_layouts(np.ones((1, 7, 8), bool), 64, 389, 457, (2, 3)).shape == (1, 7, 8)
+    with pytest.raises(ValueError, match=r"^layout of shape \(2, 7, 8\) does not fit.*\(3, 7, 8\).*3 heads"):
+        check_head_layouts(np.ones((2, 7, 8), bool), 64, 389, 457, (2, 3))
+    with pytest.raises(ValueError, match=r"^layout of shape \(3, 7, 9\) does not fit"):
+        check_head_layouts(np.ones((3, 7, 9), bool), 64, 389, 457, (2, 3))
+    with pytest.raises(TypeError, match="boolean"):
+        check_head_layouts(np.ones((3, 7, 8), int), 64, 389, 457, (2, 3))
+    with pytest.raises(ValueError, match=r"layout of shape \(7, 7\) does not match"):
+        check_head_layouts(np.ones((7, 7), bool), 64, 389, 457, (2, 3))
+
+
+def test_the_look_ahead_variants_are_registered():
+    ahead = [name for name, macros in FP16_VARIANTS.items() if macros.get("LOOK_AHEAD")]
+    assert ahead and all(FP16_VARIANTS[name]["WARPS"] == 8 and FP16_VARIANTS[name]["WARP_ROWS"] == 16 for name in ahead)
+
+
+def test_the_autograd_function_takes_a_window_on_the_cpu():
+    import torch
+
+    from attn_course.autograd import attention
+
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(2, 3, n, 6, dtype=torch.float64, requires_grad=True) for n in (37, 29, 29))
+    for causal in (False, True):
+        out = attention(q, k, v, is_causal=causal, window=5)
+        allowed = torch.from_numpy(masks.materialize(masks.sliding_window(5, causal=causal), 37, 29))
+        no_key = ~allowed.any(-1, keepdim=True)  # (L, 1): queries past S + 5 see nothing: zero rows
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed | no_key)
+        expected = expected.masked_fill(no_key, 0.0)
+        grads = torch.autograd.grad(out.sum(), (q, k, v))
+        expected_grads = torch.autograd.grad(expected.sum(), (q, k, v))
+        torch.testing.assert_close(out, expected)
+        for grad, reference in zip(grads, expected_grads, strict=True):
+            torch.testing.assert_close(grad, reference)
+    with pytest.raises(ValueError, match="window or mask"):
+        attention(q, k, v, masks.causal(), window=3)
+    with pytest.raises(ValueError, match=r"^window must be >= 0"):
+        attention(q, k, v, window=-2)
+
+
+def windowed_reference(q, k, v, dout, *, window, is_causal=False):
+    """out, lse, dq, dk, dv by torch autograd in float64 for keys with |i - j| <= window; rows with no key: zeros."""
+    import torch
+
+    q64, k64, v64 = (to_torch64(x).requires_grad_(True) for x in (q, k, v))
+    L, S = q64.shape[-2], k64.shape[-2]
+    allowed = torch.from_numpy(masks.materialize(masks.sliding_window(window, causal=is_causal), L, S))
+    no_key = ~allowed.any(-1, keepdim=True)  # (L, 1)
+    scores = (q64 @ k64.transpose(-1, -2) / np.sqrt(q64.shape[-1])).masked_fill(~(allowed | no_key), float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1).masked_fill(no_key[:, 0], float("-inf"))  # (..., L)
+    out = (torch.softmax(scores, dim=-1) @ v64).masked_fill(no_key, 0.0)  # (..., L, d)
+    out.backward(to_torch64(dout))
+    return out, lse, q64.grad, k64.grad, v64.grad
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", HEAD_DIMS)
+@pytest.mark.parametrize("window, is_causal", [(0, False), (70, False), (100, True), (300, False)])
+@pytest.mark.parametrize("L, S", [(389, 457), (457, 130), (2048 + 17, 130)])
+def test_the_native_window_equals_dense_masked_and_its_backward_torch(L, S, window, is_causal, d, dtype):
+    from attn_course.kernels import fused_attention_backward
+
+    rng = np.random.default_rng(L + S + window + d)
+    q, k, v = gpu_qkv(rng, L, S, d, dtype, batch=(2,))
+    dout = random_array(rng, (2, L, d), dtype, backend="cupy")
+    out, lse = poisoned_launch(fused_attention, q, k, v, is_causal=is_causal, window=window, return_lse=True)
+    expected, expected_lse, *expected_grads = windowed_reference(q, k, v, dout, window=window, is_causal=is_causal)
+    assert_close(out, dense_attention64(q, k, v, mask=masks.sliding_window(window, causal=is_causal)))
+    assert relative_error(out, expected) <= (FORWARD_BOUND_FP16 if dtype == np.float16 else 1e-5)
+    np.testing.assert_allclose(to_numpy(lse), expected_lse.detach().numpy(), rtol=1e-5, atol=1e-5)
+    grads = fused_attention_backward(q, k, v, out, lse, dout, is_causal=is_causal, window=window)
+    for name, grad, reference in zip("qkv", grads, expected_grads, strict=True):
+        assert not np.isnan(to_numpy(grad)).any(), f"d{name} has NaN"
+        error = relative_error(grad, reference)
+        assert error <= GRADIENT_BOUND[dtype], f"d{name}: relative error {error:.2e} > {GRADIENT_BOUND[dtype]}"
+
+
+@requires_gpu
+@pytest.mark.parametrize("variant", ["default", "q128_w8x16_all", "q128_w8x16_fold_ahead", "q128_w8x16_all_ahead"])
+@pytest.mark.parametrize("d", HEAD_DIMS)
+def test_the_native_window_in_float16_variants_equals_the_block_sparse_window(d, variant):
+    rng = np.random.default_rng(d)
+    L, S, window = 1000 + 3, 1000 + 3, 256
+    q, k, v = gpu_qkv(rng, L, S, d, np.float16, batch=(3,))
+    out = poisoned_launch(fused_attention, q, k, v, window=window, _variant=variant)
+    rule = masks.sliding_window(window)
+    sparse = block_sparse_fused_attention(q, k, v, masks.block_layout(rule, 64, L, S), 64, rule)
+    assert relative_error(out, sparse) <= FORWARD_BOUND_FP16
+    assert relative_error(out, dense_attention64(q, k, v, mask=rule)) <= FORWARD_BOUND_FP16
+
+
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", HEAD_DIMS)
+@pytest.mark.parametrize("block_size", [64, 128])
+@pytest.mark.parametrize("mask", [None, masks.sliding_window(150, causal=True)], ids=["none", "causal-window"])
+def test_a_layout_per_head_equals_block_sparse_attention_head_by_head(mask, block_size, d, dtype):
+    import torch
+
+    from attn_course import block_sparse_attention
+
+    L, S, heads = 389, 457, 3
+    rng = np.random.default_rng(block_size + d + heads)
+    q, k, v = gpu_qkv(rng, L, S, d, dtype, batch=(2, heads))
+    layout = rng.random((heads, -(-L // block_size), -(-S // block_size))) < 0.4  # (h, nb_q, nb_k)
+    layout[1, 2] = False  # head 1: an empty block row
+    out = poisoned_launch(block_sparse_fused_attention, q, k, v, layout, block_size, mask)
+    assert out.shape == (2, heads, L, d) and out.dtype == dtype
+    for h in range(heads):
+        q64, k64, v64 = (to_numpy(x[:, h]).astype(np.float64) for x in (q, k, v))  # (2, n, d) each
+        expected = block_sparse_attention(q64, k64, v64, layout[h], block_size, mask)  # the NumPy reference
+        assert_close(out[:, h], expected.astype(dtype), what=f"head {h}")
+        allowed = np.kron(layout[h], np.ones((block_size, block_size), bool))[:L, :S]
+        if mask is not None:
+            allowed &= masks.materialize(mask, L, S)
+        no_key = ~allowed.any(-1, keepdims=True)
+        scores = torch.from_numpy(q64 @ k64.transpose(0, 2, 1) / np.sqrt(d))  # (2, L, S)
+        weights = torch.softmax(scores.masked_fill(torch.from_numpy(~(allowed | no_key)), float("-inf")), dim=-1)
+        by_torch = (weights @ torch.from_numpy(v64)).masked_fill(torch.from_numpy(no_key), 0.0)
+        assert relative_error(out[:, h], by_torch) <= (FORWARD_BOUND_FP16 if dtype == np.float16 else 1e-5)
+    assert not np.any(to_numpy(out)[:, 1, 2 * block_size : 3 * block_size])  # head 1's empty block row
+    shared = block_sparse_fused_attention(q, k, v, layout[:1], block_size, mask)  # (1, ...): one for all heads
+    np.testing.assert_array_equal(
+        to_numpy(shared), to_numpy(block_sparse_fused_attention(q, k, v, layout[0], block_size, mask))
+    )
+
+
+@requires_gpu
+def test_window_and_per_head_layout_errors_name_the_argument():
+    import cupy
+
+    x = cupy.ones((2, 3, 130, 64), dtype=cupy.float32)
+    with pytest.raises(ValueError, match=r"^window must be >= 0"):
+        fused_attention(x, x, x, window=-3)
+    with pytest.raises(ValueError, match=r"^layout of shape \(2, 3, 3\) does not fit.*\(3, 3, 3\)"):
+        block_sparse_fused_attention(x, x, x, np.ones((2, 3, 3), bool), 64)

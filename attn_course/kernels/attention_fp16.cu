@@ -35,7 +35,9 @@
 // two 16-row blocks), Q_IN_SHARED (Q fragments read from shared memory at each key tile
 // instead of held in registers), SPLIT_KV (K and V in separate cp.async groups: S = Q K^T
 // starts before V has arrived), FOLD_SCALE (unscaled scores; the scale enters the exp2
-// through one FMA; the launcher uses it only for a positive scale).
+// through one FMA; the launcher uses it only for a positive scale), LOOK_AHEAD (the next tile's
+// S = Q K^T is computed before the current tile's softmax and P V, FlashAttention-3's overlap of the
+// two matrix products with the softmax done by hand on mma.sync; K is copied one tile ahead of V).
 
 #define TILE 64                  // keys per tile (and queries per block, by default)
 #ifndef WARPS
@@ -52,6 +54,9 @@
 #endif
 #ifndef FOLD_SCALE
 #define FOLD_SCALE 0
+#endif
+#ifndef LOOK_AHEAD
+#define LOOK_AHEAD 0
 #endif
 #define THREADS (32 * WARPS)
 #define QUERY_TILE (WARPS * WARP_ROWS)
@@ -77,6 +82,73 @@ __device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_
 template <int N>
 __device__ __forceinline__ void wait_copies() { asm volatile("cp.async.wait_group %0;" :: "n"(N)); }
 
+// Online softmax of the tile of keys k0 .. k0+63 on a warp's rows g (r = 0: s[.][.][0..1]) and g + 8 (r = 1:
+// s[.][.][2..3]) of each 16-row block: update the running max m and sum l, rescale O, and turn s into P.
+template <int RB, int DN>
+__device__ __forceinline__ void softmax_tile(float (&s)[RB][8][4], float (&m)[RB][2], float (&l)[RB][2],
+                                             float (&o)[RB][DN][4], int k0, int q0, int warp_row0, int S, int lo,
+                                             int hi, float scale_log2) {
+    const int g = threadIdx.x % 32 / 4, t4 = threadIdx.x % 4;
+    const int tile_lo = q0 - (k0 + TILE - 1), tile_hi = (q0 + QUERY_TILE - 1) - k0;
+    const bool check = k0 + TILE > S || tile_lo < lo || tile_hi > hi;
+#pragma unroll
+    for (int rb = 0; rb < RB; ++rb)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = warp_row0 + 16 * rb + g + 8 * r;
+        float row_max = negative_infinity();
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+#if FOLD_SCALE
+                float x = s[rb][n][2 * r + e];  // unscaled: the scale is positive, the maximum is the same key
+#else
+                float x = s[rb][n][2 * r + e] * scale_log2;
+#endif
+                if (check) {
+                    const int col = k0 + 8 * n + 2 * t4 + e;
+                    if (col >= S || row - col < lo || row - col > hi) x = negative_infinity();
+                }
+                s[rb][n][2 * r + e] = x;
+                row_max = fmaxf(row_max, x);
+            }
+        // A row lives in the 4 lanes with the same g (lanes 4g .. 4g+3).
+        row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
+        row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));
+        const float m_new = fmaxf(m[rb][r], row_max);
+        const float m_use = m_new == negative_infinity() ? 0.f : m_new;  // no -inf - -inf
+#if FOLD_SCALE
+        const float rescale = exp2f((m[rb][r] - m_use) * scale_log2);
+        const float shift = -m_use * scale_log2;  // p = exp2(s * scale_log2 + shift): one FMA
+#else
+        const float rescale = exp2f(m[rb][r] - m_use);
+#endif
+        float row_sum = 0.f;
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+#if FOLD_SCALE
+                const float p = exp2f(fmaf(s[rb][n][2 * r + e], scale_log2, shift));
+#else
+                const float p = exp2f(s[rb][n][2 * r + e] - m_use);
+#endif
+                s[rb][n][2 * r + e] = p;
+                row_sum += p;
+            }
+        row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 1);
+        row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 2);
+        l[rb][r] = l[rb][r] * rescale + row_sum;
+        m[rb][r] = m_new;
+#pragma unroll
+        for (int n = 0; n < DN; ++n) {
+            o[rb][n][2 * r] *= rescale;
+            o[rb][n][2 * r + 1] *= rescale;
+        }
+    }
+}
+
 template <int D>
 __global__ void __launch_bounds__(THREADS) attention_fp16(
     const half_bits* __restrict__ q,  // (BH, L, D)
@@ -86,7 +158,7 @@ __global__ void __launch_bounds__(THREADS) attention_fp16(
     float* __restrict__ lse,          // (BH, L) natural-log log-sum-exp of each row, or null: not wanted
     int L, int S, float scale_log2,
     int lo, int hi,                   // key j is allowed for query i when lo <= i - j <= hi
-    int use_tile_list,                // 0: every key tile the offset rule allows; 1: the CSR list
+    int use_tile_list,                // 0: every key tile the offset rule allows; 1: the CSR lists (grid: see below)
     const int* __restrict__ tile_ptr, const int* __restrict__ tile_idx) {
     constexpr int DK = D / 16;  // 16-wide steps along the head dimension (the k of m16n8k16)
     constexpr int DN = D / 8;   // 8-wide output column tiles
@@ -100,7 +172,7 @@ __global__ void __launch_bounds__(THREADS) attention_fp16(
     Row* const V_buffers = K_buffers + 2 * TILE;                  // V buffer b: likewise
     Row* const Qs = V_buffers + 2 * TILE;                         // (QUERY_TILE, D): Q_IN_SHARED only
 
-    const int bh = blockIdx.y;
+    const int bh = blockIdx.z * gridDim.y + blockIdx.y;  // (batch, head): grid (query tiles, BH, 1) or as below
     const int q_tile = gridDim.x - 1 - blockIdx.x;  // heaviest (causal, last) tiles first
     const int q0 = q_tile * QUERY_TILE;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -111,6 +183,9 @@ __global__ void __launch_bounds__(THREADS) attention_fp16(
     out += (size_t)bh * L * D;
     if (lse != nullptr) lse += (size_t)bh * L;
 
+    // With tile lists the grid is (query tiles, layout heads h, BH / h): a layout per head gives each head
+    // its own row pointers, one per query tile, and the head is blockIdx.y (h = 1: one layout for all).
+    if (use_tile_list) tile_ptr += blockIdx.y * gridDim.x;
     int first, last;  // the key tiles to visit (key_tiles.cuh)
     key_tile_range(q_tile, QUERY_TILE, TILE, L, S, lo, hi, use_tile_list, tile_ptr, first, last);
 
@@ -146,44 +221,11 @@ __global__ void __launch_bounds__(THREADS) attention_fp16(
         l[rb][0] = l[rb][1] = 0.f;
     }
 
-    if (first < last) {
-        const int row0 = (use_tile_list ? tile_idx[first] : first) * TILE;
-#if Q_IN_SHARED
-        load_rows_async<D>(Qs, q, q0, QUERY_TILE, L);  // in the first group, with K
-#endif
-        load_rows_async<D>(K_buffers, k, row0, TILE, S);
-#if SPLIT_KV
-        commit_copies();
-#endif
-        load_rows_async<D>(V_buffers, v, row0, TILE, S);
-        commit_copies();
-    }
+    // The steps of one key tile, written once for both loops below (the softmax: softmax_tile above).
+    typedef float Scores[RB][8][4];  // S (then P) of 16 rows x 64 keys per row block: 8 fragments of 16 x 8
 
-    for (int t = first; t < last; ++t) {
-        const int buf = (t - first) & 1;
-        const int k0 = (use_tile_list ? tile_idx[t] : t) * TILE;
-        const bool has_next = t + 1 < last;
-        if (has_next) {  // prefetch the next tile into the other buffers
-            const int next0 = (use_tile_list ? tile_idx[t + 1] : t + 1) * TILE;
-            load_rows_async<D>(K_buffers + (buf ^ 1) * TILE, k, next0, TILE, S);
-#if SPLIT_KV
-            commit_copies();
-#endif
-            load_rows_async<D>(V_buffers + (buf ^ 1) * TILE, v, next0, TILE, S);
-            commit_copies();
-        }
-#if SPLIT_KV
-        // groups in flight, oldest first: K_t, V_t (, K_t+1, V_t+1): wait for K_t only
-        if (has_next) wait_copies<3>(); else wait_copies<1>();
-#else
-        if (has_next) wait_copies<1>(); else wait_copies<0>();
-#endif
-        __syncthreads();
-        const Row* K = K_buffers + buf * TILE;
-        const Row* V = V_buffers + buf * TILE;
-
-        // S = Q K^T for each row block of 16 rows x 64 keys: 8 fragments of 16 x 8.
-        float s[RB][8][4];
+    // S = Q K^T for the key tile in K.
+    auto score_tile = [&](Scores& s, const Row* K) {
 #pragma unroll
         for (int rb = 0; rb < RB; ++rb)
 #pragma unroll
@@ -212,72 +254,10 @@ __global__ void __launch_bounds__(THREADS) attention_fp16(
             }
 #undef Q_FRAGMENT
         }
+    };
 
-        // Online softmax on rows g (r = 0: s[.][.][0..1]) and g + 8 (r = 1: s[.][.][2..3]).
-        const int tile_lo = q0 - (k0 + TILE - 1), tile_hi = (q0 + QUERY_TILE - 1) - k0;
-        const bool check = k0 + TILE > S || tile_lo < lo || tile_hi > hi;
-#pragma unroll
-        for (int rb = 0; rb < RB; ++rb)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int row = ROW_OF(rb, r);
-            float row_max = negative_infinity();
-#pragma unroll
-            for (int n = 0; n < 8; ++n)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-#if FOLD_SCALE
-                    float x = s[rb][n][2 * r + e];  // unscaled: the scale is positive, the maximum is the same key
-#else
-                    float x = s[rb][n][2 * r + e] * scale_log2;
-#endif
-                    if (check) {
-                        const int col = k0 + 8 * n + 2 * t4 + e;
-                        if (col >= S || row - col < lo || row - col > hi) x = negative_infinity();
-                    }
-                    s[rb][n][2 * r + e] = x;
-                    row_max = fmaxf(row_max, x);
-                }
-            // A row lives in the 4 lanes with the same g (lanes 4g .. 4g+3).
-            row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
-            row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));
-            const float m_new = fmaxf(m[rb][r], row_max);
-            const float m_use = m_new == negative_infinity() ? 0.f : m_new;  // no -inf - -inf
-#if FOLD_SCALE
-            const float rescale = exp2f((m[rb][r] - m_use) * scale_log2);
-            const float shift = -m_use * scale_log2;  // p = exp2(s * scale_log2 + shift): one FMA
-#else
-            const float rescale = exp2f(m[rb][r] - m_use);
-#endif
-            float row_sum = 0.f;
-#pragma unroll
-            for (int n = 0; n < 8; ++n)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-#if FOLD_SCALE
-                    const float p = exp2f(fmaf(s[rb][n][2 * r + e], scale_log2, shift));
-#else
-                    const float p = exp2f(s[rb][n][2 * r + e] - m_use);
-#endif
-                    s[rb][n][2 * r + e] = p;
-                    row_sum += p;
-                }
-            row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 1);
-            row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 2);
-            l[rb][r] = l[rb][r] * rescale + row_sum;
-            m[rb][r] = m_new;
-#pragma unroll
-            for (int n = 0; n < DN; ++n) {
-                o[rb][n][2 * r] *= rescale;
-                o[rb][n][2 * r + 1] *= rescale;
-            }
-        }
-
-#if SPLIT_KV
-        if (has_next) wait_copies<2>(); else wait_copies<0>();  // V_t has arrived
-        __syncthreads();
-#endif
-        // O += P V: P's fragments are S's, rounded to float16 (keys 16kc .. 16kc+15).
+    // O += P V for the value tile in V: P's fragments are S's, rounded to float16 (keys 16kc .. 16kc+15).
+    auto accumulate_tile = [&](const Scores& s, const Row* V) {
 #pragma unroll
         for (int kc = 0; kc < TILE / 16; ++kc) {
             unsigned pa[RB][4];
@@ -300,8 +280,92 @@ __global__ void __launch_bounds__(THREADS) attention_fp16(
                 }
             }
         }
+    };
+#define KEY_ROW0(t) ((use_tile_list ? tile_idx[t] : (t)) * TILE)  // the first key of the t-th tile visited
+
+#if !LOOK_AHEAD
+    if (first < last) {
+#if Q_IN_SHARED
+        load_rows_async<D>(Qs, q, q0, QUERY_TILE, L);  // in the first group, with K
+#endif
+        load_rows_async<D>(K_buffers, k, KEY_ROW0(first), TILE, S);
+#if SPLIT_KV
+        commit_copies();
+#endif
+        load_rows_async<D>(V_buffers, v, KEY_ROW0(first), TILE, S);
+        commit_copies();
+    }
+
+    for (int t = first; t < last; ++t) {
+        const int buf = (t - first) & 1;
+        const bool has_next = t + 1 < last;
+        if (has_next) {  // prefetch the next tile into the other buffers
+            load_rows_async<D>(K_buffers + (buf ^ 1) * TILE, k, KEY_ROW0(t + 1), TILE, S);
+#if SPLIT_KV
+            commit_copies();
+#endif
+            load_rows_async<D>(V_buffers + (buf ^ 1) * TILE, v, KEY_ROW0(t + 1), TILE, S);
+            commit_copies();
+        }
+#if SPLIT_KV
+        // groups in flight, oldest first: K_t, V_t (, K_t+1, V_t+1): wait for K_t only
+        if (has_next) wait_copies<3>(); else wait_copies<1>();
+#else
+        if (has_next) wait_copies<1>(); else wait_copies<0>();
+#endif
+        __syncthreads();
+        Scores s;
+        score_tile(s, K_buffers + buf * TILE);
+        softmax_tile(s, m, l, o, KEY_ROW0(t), q0, warp_row0, S, lo, hi, scale_log2);
+#if SPLIT_KV
+        if (has_next) wait_copies<2>(); else wait_copies<0>();  // V_t has arrived
+        __syncthreads();
+#endif
+        accumulate_tile(s, V_buffers + buf * TILE);
         __syncthreads();  // all warps are done with this buffer before it is refilled
     }
+#else
+    // Look-ahead: K runs one tile ahead of V. Iteration t computes S_{t+1} = Q K_{t+1}^T first, then the
+    // softmax of S_t (computed one iteration earlier) and O += P_t V_t: the tensor cores' work on S_{t+1}
+    // does not depend on the softmax of S_t, so the warp's schedule can overlap the two. K_t and V_t sit
+    // in buffer (t - first) & 1; at iteration t, once every warp has passed its barrier, K_{t+2} is
+    // copied over K_t (read in iteration t - 1) and V_{t+1} over V_{t-1} (likewise): one barrier per tile.
+    Scores s;  // S_t, then P_t
+    if (first < last) {
+#if Q_IN_SHARED
+        load_rows_async<D>(Qs, q, q0, QUERY_TILE, L);
+#endif
+        load_rows_async<D>(K_buffers, k, KEY_ROW0(first), TILE, S);
+        load_rows_async<D>(V_buffers, v, KEY_ROW0(first), TILE, S);
+        if (first + 1 < last) load_rows_async<D>(K_buffers + TILE, k, KEY_ROW0(first + 1), TILE, S);
+        commit_copies();
+        wait_copies<0>();
+        __syncthreads();
+        score_tile(s, K_buffers);  // S_first
+    }
+    for (int t = first; t < last; ++t) {
+        const int buf = (t - first) & 1;
+        const bool has_next = t + 1 < last;
+        wait_copies<0>();  // V_t and K_{t+1}, queued one iteration ago (or above)
+        __syncthreads();   // ... visible to all; every warp is done with K_t and V_{t-1}
+        if (has_next) load_rows_async<D>(V_buffers + (buf ^ 1) * TILE, v, KEY_ROW0(t + 1), TILE, S);
+        if (t + 2 < last) load_rows_async<D>(K_buffers + buf * TILE, k, KEY_ROW0(t + 2), TILE, S);
+        commit_copies();
+        Scores s_next;  // S_{t+1}
+        if (has_next) score_tile(s_next, K_buffers + (buf ^ 1) * TILE);
+        softmax_tile(s, m, l, o, KEY_ROW0(t), q0, warp_row0, S, lo, hi, scale_log2);
+        accumulate_tile(s, V_buffers + buf * TILE);
+        if (has_next) {
+#pragma unroll
+            for (int rb = 0; rb < RB; ++rb)
+#pragma unroll
+                for (int n = 0; n < 8; ++n)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) s[rb][n][e] = s_next[rb][n][e];
+        }
+    }
+#endif
+#undef KEY_ROW0
 
     // out = O / l, rounded to float16; a row with no allowed key gets zeros.
 #pragma unroll

@@ -25,7 +25,8 @@
 //   * dense: every key j < S;
 //   * an offset rule lo <= i - j <= hi (causal: 0 <= i - j; a sliding window
 //     of width w: -w <= i - j <= w); tiles entirely outside are never visited;
-//   * block-sparse: a list of key tiles per query tile (CSR: tile_ptr, tile_idx),
+//   * block-sparse: a list of key tiles per query tile (CSR: tile_ptr, tile_idx; one list per head
+//     when the layout has a pattern per head),
 //     with the offset rule applied inside the listed tiles.
 // The score is computed in the log2 domain (scale_log2 = scale * log2(e)) so
 // that exp2f, one hardware instruction, replaces expf.
@@ -72,7 +73,7 @@ __global__ void __launch_bounds__(THREADS) attention_fp32(
     float* __restrict__ lse,      // (BH, L) natural-log log-sum-exp of each row, or null: not wanted
     int L, int S, float scale_log2,
     int lo, int hi,               // key j is allowed for query i when lo <= i - j <= hi
-    int use_tile_list,            // 0: visit every key tile the offset rule allows; 1: the CSR list
+    int use_tile_list,            // 0: every key tile the offset rule allows; 1: the CSR lists (grid: see below)
     const int* __restrict__ tile_ptr, const int* __restrict__ tile_idx) {
     constexpr int OUT_GROUPS = D / 64;  // float4 column groups of O per thread: 1 (D=64) or 2 (D=128)
 
@@ -83,7 +84,7 @@ __global__ void __launch_bounds__(THREADS) attention_fp32(
     float(*P)[TILE + PAD] = Kt + D;                                                // (64 keys, 64 queries)
     float(*Vs)[D] = reinterpret_cast<float(*)[D]>(P + TILE);                       // (64 keys, D)
 
-    const int bh = blockIdx.y;
+    const int bh = blockIdx.z * gridDim.y + blockIdx.y;  // (batch, head): grid (query tiles, BH, 1) or as below
     // Causal and windowed blocks at the end of the sequence have the most tiles: start them first.
     const int q_tile = gridDim.x - 1 - blockIdx.x;
     const int q0 = q_tile * TILE;
@@ -94,6 +95,9 @@ __global__ void __launch_bounds__(THREADS) attention_fp32(
     out += (size_t)bh * L * D;
     if (lse != nullptr) lse += (size_t)bh * L;
 
+    // With tile lists the grid is (query tiles, layout heads h, BH / h): a layout per head gives each head
+    // its own row pointers, one per query tile, and the head is blockIdx.y (h = 1: one layout for all).
+    if (use_tile_list) tile_ptr += blockIdx.y * gridDim.x;
     int first, last;  // the key tiles to visit (key_tiles.cuh)
     key_tile_range(q_tile, TILE, TILE, L, S, lo, hi, use_tile_list, tile_ptr, first, last);
 

@@ -10,8 +10,10 @@ computed by the CUDA C kernels beside this file, compiled at run time by CuPy
   so no CUDA header is needed), accumulating in float32.
 
 Both are the online softmax of ``attn_course.tiled_attention`` with tiles of
-64 queries x 64 keys held in shared memory; causal tiles above the diagonal
-and tiles a block layout leaves out are never visited. Nothing here imports
+64 queries x 64 keys held in shared memory; causal tiles above the diagonal,
+tiles outside a sliding window (``window=``: a range of offsets i - j that the
+kernel turns into a range of key tiles, no host work) and tiles a block layout
+leaves out (one layout for all heads, or one per head) are never visited. Nothing here imports
 CuPy until a function is called; calling one with anything but CuPy arrays
 raises a ``TypeError`` that says why (and, on a machine without a usable GPU,
 what is missing). NaN and infinities in the inputs are found by a small device
@@ -29,7 +31,7 @@ from pathlib import Path
 import array_api_compat
 import numpy as np
 
-from ..backend import gpu_status
+from ..backend import gpu_status, to_numpy
 from ..layouts import check_layout
 from ..validation import check_qkv, check_scale, shape_of
 from .variants import FP16_VARIANTS, selected_variant, variant_geometry, variant_options
@@ -248,7 +250,10 @@ def _multiprocessors() -> int:
 
 
 def _launch(q3, k3, v3, L, S, d, dtype_name, scale, lo, hi, tiles=None, out=None, lse=None, variant="default"):
-    """Run the kernel on ``(BH, n, D)`` arrays; ``tiles`` = (tile_ptr, tile_idx) CSR or None (a range).
+    """Run the kernel on ``(BH, n, D)`` arrays; ``tiles`` = (tile_ptr, tile_idx, heads) or None (a range).
+
+    ``tiles``: the CSR of ``kernel_tile_lists`` for ``heads`` patterns. The grid is then (query tiles, heads,
+    BH / heads): heads are the last batch axis, so block (x, y, z) is ``bh = z * heads + y`` and reads head y's lists.
 
     ``lse``: a float32 ``(BH, L)`` array that receives each row's log-sum-exp, or None (not written).
     ``variant``: a float16 kernel variant of ``variants.FP16_VARIANTS`` (tile lists need "default").
@@ -261,12 +266,12 @@ def _launch(q3, k3, v3, L, S, d, dtype_name, scale, lo, hi, tiles=None, out=None
         out = cupy.empty((heads, L, d), dtype=q3.dtype)
     if tiles is None:
         tile_ptr = tile_idx = _unused_tile_list(cupy.cuda.Device().id)  # the kernel visits a range
-        use_list = 0
+        use_list, list_heads = 0, 1
     else:
-        tile_ptr, tile_idx = tiles
+        tile_ptr, tile_idx, list_heads = tiles
         use_list = 1
     query_tile, threads, shared_bytes = _launch_shape(dtype_name, d, variant)
-    grid = (math.ceil(L / query_tile), heads)
+    grid = (math.ceil(L / query_tile), list_heads, heads // list_heads)  # bh = blockIdx.z * list_heads + blockIdx.y
     scale_log2 = np.float32(scale * _LOG2_E)
     lse_pointer = np.uint64(0) if lse is None else lse  # a null pointer: the kernel skips the lse
     args = (q3, k3, v3, out, lse_pointer, np.int32(L), np.int32(S), scale_log2)
@@ -275,13 +280,20 @@ def _launch(q3, k3, v3, L, S, d, dtype_name, scale, lo, hi, tiles=None, out=None
     return out
 
 
-def fused_attention(q, k, v, *, is_causal=False, scale=None, return_lse=False, check_finite=True, _variant=None):
+def fused_attention(
+    q, k, v, *, is_causal=False, window=None, scale=None, return_lse=False, check_finite=True, _variant=None
+):
     """``softmax(q k^T * scale) v`` in one fused GPU kernel (CuPy arrays in and out).
 
     q: (..., L, d), k: (..., S, d), v: (..., S, d), float16 or float32 CuPy
     arrays, d = 64 or 128; leading dimensions broadcast. is_causal: query i
     sees keys j <= i (top-left aligned, as in ``scaled_dot_product_attention``);
-    key tiles entirely above the diagonal are skipped. scale: default 1/sqrt(d).
+    key tiles entirely above the diagonal are skipped. window: None (no limit)
+    or an int w >= 0: query i sees keys with |i - j| <= w (with is_causal,
+    0 <= i - j <= w), the rule of ``masks.sliding_window(w, causal=is_causal)``;
+    the kernel visits only the key tiles that hold such keys, so the time grows
+    with L * w, not L * S, and the host does nothing per call beyond the checks.
+    scale: default 1/sqrt(d).
     Returns out (..., L, d) of the input dtype; float16 accumulates in float32.
     return_lse: return ``(out, lse)`` instead, lse (..., L) float32, each row's
     log-sum-exp ``log sum_j exp(q_i . k_j * scale)`` in natural log (-inf for a row
@@ -298,10 +310,11 @@ def fused_attention(q, k, v, *, is_causal=False, scale=None, return_lse=False, c
     """
     if not isinstance(is_causal, (bool, np.bool_)):
         raise TypeError(f"is_causal must be True or False; got {is_causal!r}")
+    window = check_window(window)
     finite_mode = _finite_mode("fused_attention", check_finite)
     q3, k3, v3, batch, L, S, d, dtype_name = prepare_inputs("fused_attention", q, k, v)
     scale = check_scale(scale, d)
-    lo, hi = (0, L) if is_causal else (-S, L)  # allowed when lo <= i - j <= hi
+    lo, hi = offset_range(L, S, is_causal=is_causal, window=window)  # allowed when lo <= i - j <= hi
     if not isinstance(return_lse, (bool, np.bool_)):
         raise TypeError(f"return_lse must be True or False; got {return_lse!r}")
     lse = _empty_lse(q3, L) if return_lse else None
@@ -313,6 +326,29 @@ def fused_attention(q, k, v, *, is_causal=False, scale=None, return_lse=False, c
     if return_lse:
         return out.reshape(*batch, L, d), lse.reshape(*batch, L)
     return out.reshape(*batch, L, d)
+
+
+def check_window(window) -> int | None:
+    """The ``window`` argument: None, or an int >= 0 (errors name ``window``)."""
+    if window is None:
+        return None
+    if isinstance(window, (bool, np.bool_)) or not isinstance(window, (int, np.integer)):
+        raise TypeError(f"window must be None or an integer >= 0 (keys with |i - j| <= window); got {window!r}")
+    if window < 0:
+        raise ValueError(f"window must be >= 0 (keys with |i - j| <= window); got {window}")
+    return int(window)
+
+
+def offset_range(L: int, S: int, *, is_causal: bool = False, window: int | None = None) -> tuple[int, int]:
+    """``(lo, hi)``: key j is allowed for query i when ``lo <= i - j <= hi`` (what the kernels take).
+
+    Every offset i - j lies in [-(S - 1), L - 1]: no limit is (-S, L); causal raises lo to 0;
+    a window w clips to [-w, w] (clamped to that span, so that any int fits the kernels' int32).
+    """
+    lo, hi = (0 if is_causal else -S), L
+    if window is not None:
+        lo, hi = max(lo, -min(window, S)), min(hi, window)
+    return lo, hi
 
 
 def _empty_lse(q3, L: int):
@@ -346,32 +382,63 @@ def _offset_range_of_rule(mask, L: int, S: int) -> tuple[int, int]:
     return int(offsets[allowed[0]]), int(offsets[allowed[-1]])
 
 
+def kernel_tile_lists(layout, block_size: int, L: int, S: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's tiles (64 x 64) that a block layout marks, as CSR: ``(tile_ptr, tile_idx)``, int32 NumPy.
+
+    layout: boolean ``(h, nb_q, nb_k)``, one pattern per head (h = 1: one for all).
+    Row ``r`` of head ``x`` (a query tile, 64 queries) visits the key tiles
+    ``tile_idx[tile_ptr[x * rows + r] : tile_ptr[x * rows + r + 1]]``, in order, with
+    ``rows = ceil(L / 64)``: the heads' lists one after the other, ``h * rows + 1``
+    pointers. Tiles that the offset rule ``lo <= i - j <= hi`` excludes entirely are dropped.
+    """
+    layout = np.asarray(layout, dtype=bool)
+    # The layout in kernel tiles: each block covers (block_size / 64)^2 tiles.
+    per_block = block_size // KERNEL_TILE
+    rows, cols = math.ceil(L / KERNEL_TILE), math.ceil(S / KERNEL_TILE)
+    tiles = np.repeat(np.repeat(layout, per_block, axis=1), per_block, axis=2)[:, :rows, :cols]  # (h, rows, cols)
+    # Tile (r, c) holds offsets i - j in [64r - 64c - 63, 64r - 64c + 63].
+    tile_offset = KERNEL_TILE * (np.arange(rows)[:, None] - np.arange(cols)[None, :])  # (rows, cols)
+    tiles = tiles & (tile_offset + KERNEL_TILE - 1 >= lo) & (tile_offset - (KERNEL_TILE - 1) <= hi)
+    tile_ptr = np.concatenate([[0], np.cumsum(tiles.sum(axis=2).ravel())]).astype(np.int32)  # (h * rows + 1,)
+    tile_idx = np.nonzero(tiles)[2].astype(np.int32)  # head by head, row by row: each row's key tiles, in order
+    if tile_idx.size == 0:
+        tile_idx = np.zeros(1, np.int32)  # never read; a kernel argument cannot be empty
+    return tile_ptr, tile_idx
+
+
 @functools.lru_cache(maxsize=32)
 def _tile_lists(
     layout_bits: bytes, layout_shape: tuple, block_size: int, L: int, S: int, lo: int, hi: int, device_id: int
 ):
-    """The kernel's tiles (64 x 64) of a block layout, as CSR on the GPU: (tile_ptr, tile_idx).
+    """``kernel_tile_lists`` on the GPU: (tile_ptr, tile_idx) CuPy arrays, remembered.
 
     Remembered per layout (its packed bits), lengths and offset range: a model calls the
     same pattern again and again, and building the lists costs host time and a copy.
     """
     import cupy
 
-    count = layout_shape[0] * layout_shape[1]
+    count = math.prod(layout_shape)
     layout = np.unpackbits(np.frombuffer(layout_bits, dtype=np.uint8), count=count).astype(bool).reshape(layout_shape)
-    # The layout in kernel tiles: each block covers (block_size / 64)^2 tiles.
-    per_block = block_size // KERNEL_TILE
-    rows, cols = math.ceil(L / KERNEL_TILE), math.ceil(S / KERNEL_TILE)
-    tiles = np.repeat(np.repeat(layout, per_block, axis=0), per_block, axis=1)[:rows, :cols]
-    # Drop tiles the offset rule excludes entirely: tile (r, c) holds offsets i - j in
-    # [64r - 64c - 63, 64r - 64c + 63].
-    tile_offset = KERNEL_TILE * (np.arange(rows)[:, None] - np.arange(cols)[None, :])
-    tiles = tiles & (tile_offset + KERNEL_TILE - 1 >= lo) & (tile_offset - (KERNEL_TILE - 1) <= hi)
-    tile_ptr = np.concatenate([[0], np.cumsum(tiles.sum(axis=1))]).astype(np.int32)
-    tile_idx = np.nonzero(tiles)[1].astype(np.int32)  # row-major: each row's key tiles, in order
-    if tile_idx.size == 0:
-        tile_idx = np.zeros(1, np.int32)  # never read; a kernel argument cannot be empty
+    tile_ptr, tile_idx = kernel_tile_lists(layout, block_size, L, S, lo, hi)
     return cupy.asarray(tile_ptr), cupy.asarray(tile_idx)
+
+
+def check_head_layouts(layout, block_size: int, L: int, S: int, batch: tuple) -> np.ndarray:
+    """``layout`` as NumPy boolean ``(h, nb_q, nb_k)``: a 2-d layout (every head) gets h = 1; a 3-d one has a
+    pattern per head, h = the size of the heads axis (the batch axis just before L) or 1."""
+    if getattr(layout, "ndim", None) != 3:
+        return check_layout(layout, block_size, L, S)[None]  # the 2-d checks and their errors
+    heads = batch[-1] if batch else 1
+    blocks = (math.ceil(L / block_size), math.ceil(S / block_size))
+    seen = tuple(int(n) for n in layout.shape)
+    if seen[1:] != blocks or seen[0] not in (heads, 1):
+        raise ValueError(
+            f"layout of shape {seen} does not fit: a layout per head must be (heads, ceil(L / block_size), "
+            f"ceil(S / block_size)) = {(heads, *blocks)} for block_size={block_size}, L={L}, S={S} and "
+            f"{heads} heads (the axis before L of q, k, v broadcast to batch {tuple(batch)}); or 2-d {blocks}, "
+            "shared by every head"
+        )
+    return np.stack([check_layout(head, block_size, L, S) for head in to_numpy(layout)])
 
 
 def block_sparse_fused_attention(q, k, v, layout, block_size, mask=None, *, scale=None, check_finite=True):
@@ -380,7 +447,9 @@ def block_sparse_fused_attention(q, k, v, layout, block_size, mask=None, *, scal
     The GPU twin of ``attn_course.block_sparse_attention``. q: (..., L, d),
     k, v: (..., S, d), float16 or float32 CuPy arrays, d = 64 or 128.
     layout: boolean (ceil(L / block_size), ceil(S / block_size)), True = compute
-    this block (NumPy or CuPy; ``masks.block_layout`` builds one). block_size: a
+    this block (NumPy or CuPy; ``masks.block_layout`` builds one), shared by every
+    head; or (h, ceil(L / block_size), ceil(S / block_size)), one pattern per head,
+    h the size of the heads axis (the axis just before L). block_size: a
     multiple of 64, the kernel's tile. mask: None (every pair of a marked block),
     or a predicate that depends on i - j only and allows one range of offsets
     (``masks.causal()``, ``masks.sliding_window(w)``, ``sliding_window(w, causal=True)``),
@@ -398,7 +467,7 @@ def block_sparse_fused_attention(q, k, v, layout, block_size, mask=None, *, scal
         raise ValueError(
             f"block_size must be a positive multiple of {KERNEL_TILE} (the kernel's tile); got {block_size}"
         )
-    layout = check_layout(layout, int(block_size), L, S)
+    layout = check_head_layouts(layout, int(block_size), L, S, batch)  # (h, nb_q, nb_k), h = 1 or the heads
     scale = check_scale(scale, d)
     lo, hi = (-S, L) if mask is None else _offset_range(mask, L, S)
 
@@ -406,6 +475,6 @@ def block_sparse_fused_attention(q, k, v, layout, block_size, mask=None, *, scal
 
     # The layout's bits (8x smaller than its booleans) are the cache key: cheap to hash.
     csr = _tile_lists(np.packbits(layout).tobytes(), layout.shape, int(block_size), L, S, lo, hi, cupy.cuda.Device().id)
-    out = _launch(q3, k3, v3, L, S, d, dtype_name, scale, lo, hi, tiles=csr)
+    out = _launch(q3, k3, v3, L, S, d, dtype_name, scale, lo, hi, tiles=(*csr, layout.shape[0]))
     _check_finite_values("block_sparse_fused_attention", finite_mode, q3, k3, v3)
     return out.reshape(*batch, L, d)

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..backward import sum_to_shape
 from ..validation import check_scale, shape_of
-from .fused import flat_heads, prepare_inputs, require_gpu_arrays
+from .fused import check_window, flat_heads, offset_range, prepare_inputs, require_gpu_arrays
 
 __all__ = ["backward_kernel_code", "fused_attention_backward"]
 
@@ -86,13 +86,14 @@ def _compiled_kernels(dtype_name: str, head_dim: int, device_id: int):
     return prepass, main
 
 
-def fused_attention_backward(q, k, v, out, lse, dout, *, is_causal=False, scale=None):
+def fused_attention_backward(q, k, v, out, lse, dout, *, is_causal=False, window=None, scale=None):
     """The gradients ``(dq, dk, dv)`` of ``sum(dout * fused_attention(q, k, v, ...))``, on the GPU.
 
     q: (..., L, d), k, v: (..., S, d), float16 or float32 CuPy arrays, d = 64 or
     128, leading dimensions broadcast; out: (*batch, L, d) and lse: (*batch, L)
     float32 from ``fused_attention(q, k, v, ..., return_lse=True)`` with the same
-    is_causal and scale; dout: (*batch, L, d), the loss gradient of out, the
+    is_causal, window and scale (window: keys with |i - j| <= w, as there; only
+    the tiles that hold such pairs are visited); dout: (*batch, L, d), the loss gradient of out, the
     dtype of q. Returns dq, dk, dv with the shapes and dtype of q, k, v (an input
     broadcast over leading axes gets its gradient summed over them). float16
     accumulates in float32. Memory: dq in float32 and D (L floats per row) on top
@@ -100,6 +101,7 @@ def fused_attention_backward(q, k, v, out, lse, dout, *, is_causal=False, scale=
     """
     if not isinstance(is_causal, (bool, np.bool_)):
         raise TypeError(f"is_causal must be True or False; got {is_causal!r}")
+    window = check_window(window)
     function = "fused_attention_backward"
     require_gpu_arrays(function, "tiled_attention_backward", q=q, k=k, v=v, out=out, lse=lse, dout=dout)
     q3, k3, v3, batch, L, S, d, dtype_name = prepare_inputs(function, q, k, v, "tiled_attention_backward")
@@ -117,7 +119,7 @@ def fused_attention_backward(q, k, v, out, lse, dout, *, is_causal=False, scale=
             )
     scale = check_scale(scale, d)
     heads = math.prod(batch)
-    lo, hi = (0, L) if is_causal else (-S, L)  # key j allowed for query i when lo <= i - j <= hi
+    lo, hi = offset_range(L, S, is_causal=is_causal, window=window)  # key j allowed when lo <= i - j <= hi
     out3, dout3 = (flat_heads(x, batch, L, d, xp) for x in (out, dout))
     lse2 = lse.reshape(heads, L)
     if not lse2.flags.c_contiguous:

@@ -10,7 +10,14 @@ course teaches); a variant is a set of ``-D`` options:
 - ``SPLIT_KV=1``: K and V are separate ``cp.async`` groups, so S = Q K^T starts
   as soon as K has arrived while V is still on its way;
 - ``FOLD_SCALE=1``: the scores stay unscaled; the maximum is taken on them and
-  ``exp2(s * scale_log2 - m * scale_log2)`` is one FMA and one exp2.
+  ``exp2(s * scale_log2 - m * scale_log2)`` is one FMA and one exp2;
+- ``LOOK_AHEAD=1``: software pipelining of the two matrix products. Iteration t
+  computes the next tile's ``S_{t+1} = Q K_{t+1}^T`` before the softmax of
+  ``S_t`` and ``O += P_t V_t``; the tensor-core work of the one and the exp2
+  and FMA work of the other are independent, so the warp's schedule can
+  overlap them (FlashAttention-3's intra-warpgroup overlap, done by hand on
+  ``mma.sync``). K is copied one tile ahead of V (so ``SPLIT_KV`` has no
+  effect there) and S costs a second set of registers.
 
 ``FUSED_FP16_VARIANT`` (environment) or ``fused_attention(..., _variant=name)``
 picks one for ``fused_attention``; block-sparse calls always use the default.
@@ -36,6 +43,9 @@ FP16_VARIANTS: dict[str, dict[str, int]] = {
     "q128_w8x16_fold": {"WARPS": 8, "WARP_ROWS": 16, "FOLD_SCALE": 1},
     "q128_w8x16_all": {"WARPS": 8, "WARP_ROWS": 16, "Q_IN_SHARED": 1, "SPLIT_KV": 1, "FOLD_SCALE": 1},
     "q128_w4x32_all": {"WARPS": 4, "WARP_ROWS": 32, "Q_IN_SHARED": 1, "SPLIT_KV": 1, "FOLD_SCALE": 1},
+    # the look-ahead on the 8 x 16 shapes: Q in registers (d = 64's best guess), Q in shared memory (d = 128's)
+    "q128_w8x16_fold_ahead": {"WARPS": 8, "WARP_ROWS": 16, "FOLD_SCALE": 1, "LOOK_AHEAD": 1},
+    "q128_w8x16_all_ahead": {"WARPS": 8, "WARP_ROWS": 16, "Q_IN_SHARED": 1, "FOLD_SCALE": 1, "LOOK_AHEAD": 1},
 }
 
 

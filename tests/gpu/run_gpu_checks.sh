@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Everything the course checks on a GPU, in one go, for whoever has one (about 8 minutes at most on an H200):
 #   1. the fused kernels' tests (tests/test_kernels*.py) and the benchmark's own tests,
+#   1b. compute-sanitizer's memcheck and racecheck over every kernel launched once at a tiny size
+#      (tests/gpu/sanitize_kernels.py), where the tool exists (on PATH or under /usr/local/cuda*/bin),
 #   2. the GPU benchmark (python -m attn_course.bench gpu): every implementation timed end to end (ms) and
 #      kernel only (kernel_ms), 3 rounds each; JSON records, goals file (issue 17's goals) and plot,
 #   3. the rest of the unit-test suite, whose CuPy cases run only where a GPU is usable,
@@ -10,9 +12,9 @@
 # Usage, from the repository root on a machine with an NVIDIA GPU, CuPy and torch with CUDA:
 #   bash tests/gpu/run_gpu_checks.sh [OUT_DIR]        (default: benchmarks/results/gpu-run)
 # Commit the records it writes (OUT_DIR/<card>.json, _goals.json, .png) to benchmarks/results/.
-# Each stage has a time limit in seconds (KERNEL_LIMIT 120, BENCH_LIMIT 200, SUITE_LIMIT 100, LESSON_LIMIT 60:
-# 480 s together); a stage that runs out is stopped and the next one starts (the benchmark writes its records
-# and goals after each sequence length, so a stopped run keeps what it measured).
+# Each stage has a time limit in seconds (KERNEL_LIMIT 110, SANITIZER_LIMIT 70, BENCH_LIMIT 200, SUITE_LIMIT 70,
+# LESSON_LIMIT 50: 500 s together); a stage that runs out is stopped and the next one starts (the benchmark
+# writes its records and goals after each sequence length, so a stopped run keeps what it measured).
 set -u
 OUT_DIR=${1:-benchmarks/results/gpu-run}
 mkdir -p "$OUT_DIR"
@@ -47,22 +49,36 @@ stage() {  # stage NAME LIMIT COMMAND...: run, log to OUT_DIR/NAME.log, report t
 } >"$OUT_DIR/environment.txt" 2>&1
 head -n 4 "$OUT_DIR/environment.txt"
 
-stage kernels "${KERNEL_LIMIT:-120}" $PYTHON -m pytest tests/test_kernels*.py tests/test_bench_gpu_records.py \
+stage kernels "${KERNEL_LIMIT:-110}" $PYTHON -m pytest tests/test_kernels*.py tests/test_bench_gpu_records.py \
     tests/test_gpu_notes.py -q -n 4 -p no:randomly -p no:cacheprovider
 cat "$OUT_DIR/environment.txt" >>"$OUT_DIR/kernels.log" && rm "$OUT_DIR/environment.txt"  # one file fewer to carry
+# compute-sanitizer comes with the CUDA toolkit (NVIDIA's apt package cuda-sanitizer-<version>, or the toolkit's
+# installer); pip's nvidia-cuda-sanitizer-api(-cu12) holds only its library, not the tool. The kernels are in
+# CuPy's disk cache by now (the first stage compiled them with the same options), so the time is the launches'.
+SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | tail -n 1)
+if [ -n "$SANITIZER" ]; then
+    TAIL_LINES=6 stage sanitizer "${SANITIZER_LIMIT:-70}" bash -c 'for tool in memcheck racecheck; do
+        echo "-- $tool"; "$0" --tool "$tool" --error-exitcode 1 --print-limit 20 "$1" tests/gpu/sanitize_kernels.py || exit
+    done' "$SANITIZER" "$PYTHON"
+else
+    STATUS+=("sanitizer: not run, compute-sanitizer is absent")
+    echo "== sanitizer: not run: compute-sanitizer is neither on PATH nor under /usr/local/cuda*/bin. It comes with"
+    echo "   the CUDA toolkit (apt: cuda-sanitizer-<version> from NVIDIA's repository); pip's"
+    echo "   nvidia-cuda-sanitizer-api(-cu12) provides the library only, not the tool"
+fi
 TAIL_LINES=4 stage bench "${BENCH_LIMIT:-200}" $PYTHON -m attn_course.bench gpu --out "$OUT_DIR"
 # test_lab.py starts JupyterLab, which GPU images seldom have; it tests nothing about the GPU. The kernel
 # tests ran in the first stage.
-TAIL_LINES=4 stage suite "${SUITE_LIMIT:-100}" $PYTHON -m pytest tests -q -m "not grader" -n "$WORKERS" \
+TAIL_LINES=4 stage suite "${SUITE_LIMIT:-70}" $PYTHON -m pytest tests -q -m "not grader" -n "$WORKERS" \
     --dist loadfile -p no:randomly -p no:cacheprovider --ignore=tests/test_lab.py --ignore-glob='tests/test_kernels*.py'
-TAIL_LINES=6 stage lesson15 "${LESSON_LIMIT:-60}" $PYTHON - "$OUT_DIR/15_attention_on_the_gpu.gpu.ipynb" <<'PY'
+TAIL_LINES=6 stage lesson15 "${LESSON_LIMIT:-50}" $PYTHON - "$OUT_DIR/15_attention_on_the_gpu.gpu.ipynb" <<'PY'
 import sys, time
 
 import nbclient, nbformat
 
 notebook = nbformat.read("notebooks/15_attention_on_the_gpu.ipynb", as_version=4)
 started = time.perf_counter()
-nbclient.NotebookClient(notebook, timeout=55, kernel_name="python3", resources={"metadata": {"path": "notebooks"}}).execute()
+nbclient.NotebookClient(notebook, timeout=45, kernel_name="python3", resources={"metadata": {"path": "notebooks"}}).execute()
 nbformat.write(notebook, sys.argv[1])
 for cell in notebook.cells:
     if cell.cell_type == "code" and "nbval-skip" in cell.metadata.get("tags", []):
