@@ -11,6 +11,11 @@
 #   and last a summary: each stage's exit status and time, and each goal's measured figure.
 # Usage, from the repository root on a machine with an NVIDIA GPU, CuPy and torch with CUDA:
 #   bash tests/gpu/run_gpu_checks.sh [OUT_DIR]        (default: benchmarks/results/gpu-run)
+# On the workplace's lent H200 (no registry there): first `bash tests/gpu/fetch_wheels.sh` here, then carry
+# [".whl"] and run, with a timeout of 560 s or more:
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+#       .whl/*.whl && export PYTHONPATH=/tmp/site && ATTN_COURSE_COMMIT=<sha> \
+#       bash tests/gpu/run_gpu_checks.sh $OUT/gpu-run
 # Commit the records it writes (OUT_DIR/<card>.json, _goals.json, .png) to benchmarks/results/.
 # Each stage has a time limit in seconds (KERNEL_LIMIT 110, SANITIZER_LIMIT 70, BENCH_LIMIT 200, SUITE_LIMIT 70,
 # LESSON_LIMIT 50: 500 s together); a stage that runs out is stopped and the next one starts (the benchmark
