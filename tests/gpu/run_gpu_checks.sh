@@ -5,7 +5,7 @@
 #      (tests/gpu/sanitize_kernels.py), where the tool exists (on PATH or under /usr/local/cuda*/bin),
 #   2. the GPU benchmark (python -m attn_course.bench gpu): every implementation timed end to end (ms) and
 #      kernel only (kernel_ms), 3 rounds each; JSON records, goals file (issue 17's goals) and plot,
-#   3. the rest of the unit-test suite, whose CuPy cases run only where a GPU is usable,
+#   3. the CuPy cases of the unit tests (they run only where a GPU is usable),
 #   4. lesson 15 executed on the GPU (its GPU cells are skipped by nbval on machines without one),
 #      written to OUT_DIR/15_attention_on_the_gpu.gpu.ipynb to read (never over the stored lesson),
 #   and last a summary: each stage's exit status and time, and each goal's measured figure.
@@ -72,10 +72,10 @@ else
     echo "   nvidia-cuda-sanitizer-api(-cu12) provides the library only, not the tool"
 fi
 TAIL_LINES=4 stage bench "${BENCH_LIMIT:-200}" $PYTHON -m attn_course.bench gpu --out "$OUT_DIR"
-# test_lab.py starts JupyterLab, which GPU images seldom have; it tests nothing about the GPU. The kernel
-# tests ran in the first stage.
-TAIL_LINES=4 stage suite "${SUITE_LIMIT:-70}" $PYTHON -m pytest tests -q -m "not grader" -n "$WORKERS" \
-    --dist loadfile -p no:randomly -p no:cacheprovider --ignore=tests/test_lab.py --ignore-glob='tests/test_kernels*.py'
+# The CuPy cases of the unit tests: every test module parametrised over tests/support.py's BACKENDS, and the
+# backend's own tests (the rest of the suite runs on CPUs in CI; the kernel tests ran in the first stage).
+TAIL_LINES=4 stage suite "${SUITE_LIMIT:-70}" $PYTHON -m pytest $(grep -l "BACKENDS" tests/test_*.py) \
+    tests/test_backend.py -q -k "cupy or gpu" -n "$WORKERS" -p no:randomly -p no:cacheprovider
 TAIL_LINES=6 stage lesson15 "${LESSON_LIMIT:-50}" $PYTHON - "$OUT_DIR/15_attention_on_the_gpu.gpu.ipynb" <<'PY'
 import sys, time
 
