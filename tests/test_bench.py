@@ -112,7 +112,7 @@ def test_load_results_refuses_other_files(tmp_path):
         gpu.load_results(path)
 
 
-def test_time_cuda_takes_the_median_between_events_after_warming_up():
+def test_one_round_takes_the_median_between_events_after_warming_up():
     from attn_course.bench import gpu
 
     clock, calls, synced = [0.0], [], []
@@ -127,14 +127,20 @@ def test_time_cuda_takes_the_median_between_events_after_warming_up():
         def elapsed_from(self, start):
             return self.at - start.at
 
+    class FakeTimer:
+        event = FakeEvent
+
+        def synchronize(self):
+            synced.append(1)
+
     durations = iter([9.0, 9.0, 5.0, 1.0, 3.0, 2.0, 4.0])  # two warm-up calls, then five timed ones
 
     def work():
         calls.append(1)
         clock[0] += next(durations)
 
-    ms = gpu.time_cuda(work, lambda: (FakeEvent(), FakeEvent()), lambda: synced.append(1), warmup=2, repeats=5)
-    assert ms == 3.0 and len(calls) == 7 and synced == [1]
+    timed = gpu.time_rounds(work, FakeTimer(), warmup=2, repeats=5, rounds=1)
+    assert timed == {"rounds": [3.0], "busy_wait_ms": None} and len(calls) == 7 and synced == [1]
 
 
 def test_the_benchmark_refuses_to_time_a_wrong_result():

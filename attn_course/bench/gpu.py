@@ -102,26 +102,6 @@ def card_slug(name: str) -> str:
 # --------------------------------------------------------------------------- timing (any clock)
 
 
-def time_cuda(fn, events, synchronize, warmup: int = WARMUP, repeats: int = REPEATS) -> float:
-    """Median milliseconds of ``fn()`` between two CUDA events, after ``warmup`` calls.
-
-    ``events()`` makes a (start, end) pair with ``record()``; ``end`` must offer
-    ``synchronize()`` and ``elapsed_from(start)`` (see ``_CupyEvent``/``_TorchEvent``).
-    """
-    for _ in range(warmup):
-        fn()
-    synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = events()
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(end.elapsed_from(start))
-    return statistics.median(times)
-
-
 def time_rounds(
     fn,
     timer,
@@ -343,10 +323,9 @@ class _CudaTimer:
 
 
 def time_cupy(fn, warmup: int = WARMUP, repeats: int = REPEATS) -> float:
-    """Median milliseconds of ``fn()`` (CuPy work on the current stream), between CUDA events."""
-    import cupy
-
-    return time_cuda(fn, lambda: (_CupyEvent(), _CupyEvent()), cupy.cuda.Device().synchronize, warmup, repeats)
+    """Median milliseconds of ``fn()`` (CuPy work on the current stream), between CUDA events: one round of
+    :func:`time_rounds`."""
+    return time_rounds(fn, _CudaTimer("cupy"), warmup=warmup, repeats=repeats, rounds=1)["rounds"][0]
 
 
 class _CupyEvent:
