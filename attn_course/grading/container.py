@@ -67,7 +67,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .gradebook import clean_text, flag_duplicates, report_name, safe_stem, write_atomically, write_gradebook
+from .gradebook import (
+    MAX_REPORT_BYTES,
+    clean_text,
+    flag_duplicates,
+    report_name,
+    safe_stem,
+    score_problems,
+    write_atomically,
+    write_gradebook,
+)
 from .result_files import open_regular
 
 __all__ = [
@@ -89,7 +98,6 @@ __all__ = [
 
 ENVELOPE_FORMAT = "attn_course.container/1"
 SANDBOX_UID = 1000  # the learner's code runs as this uid inside the sandbox (never root)
-MAX_REPORT_BYTES = 16 * 2**20
 MAX_SUBMISSION_BYTES = 64 * 2**20
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 SYSTEM_FOLDERS = ("/usr", "/etc", "/bin", "/lib", "/lib32", "/lib64", "/libx32", "/sbin")
@@ -468,20 +476,15 @@ def _envelope_from(stdout: bytes) -> dict:
 def check_report(report, sha256: str, masters: dict[str, MasterInfo]) -> list[str]:
     """What is wrong with a report that came out of a sandbox (empty: it can be trusted as far as the host can tell).
 
-    A report must be a mapping with numeric ``score`` and ``max_score`` and a ``tests`` list; a report that
-    gives any points must name the submission's SHA-256 (as the host computed it) and a known master, carry that
-    master's maximum score, and have a score equal to the sum of its tests, none above its own maximum."""
+    A report must be consistent (:func:`attn_course.grading.gradebook.score_problems`: Gradescope's shape, each
+    test within its points, a score that is the sum of its tests); a report that gives any points must also name
+    the submission's SHA-256 (as the host computed it) and a known master, and carry that master's maximum score."""
     if not isinstance(report, dict):
         return ["the report is not a JSON object"]
-    problems = []
-    score, max_score, tests = report.get("score"), report.get("max_score"), report.get("tests")
-    extra = report.get("extra_data") if isinstance(report.get("extra_data"), dict) else {}
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (score, max_score)):
-        return ["the report has no numeric score and max_score"]
-    if not isinstance(tests, list) or not all(isinstance(test, dict) for test in tests):
-        return ["the report's tests are not a list of objects"]
-    if score == 0:
-        return problems  # nothing to gain: an invalid or failed submission's report is taken as it is
+    problems = score_problems(report)
+    if problems or report["score"] == 0:
+        return problems  # a report that gives nothing needs no proof of where it came from
+    extra = report["extra_data"]
     if extra.get("sha256") != sha256:
         problems.append(f"the report is for a file with SHA-256 {str(extra.get('sha256'))[:16]}, not this submission")
     master = masters.get(str(extra.get("master")))
@@ -489,19 +492,8 @@ def check_report(report, sha256: str, masters: dict[str, MasterInfo]) -> list[st
         problems.append(f"the report names an unknown master {str(extra.get('master'))[:60]!r}")
     elif extra.get("master_sha256") != master.keyless_sha256:
         problems.append("the report's master hash is not the key-less master's")
-    elif max_score != master.max_score:
-        problems.append(f"max_score {max_score} differs from the master's {master.max_score:g}")
-    points = []
-    for test in tests:
-        test_score, test_max = test.get("score"), test.get("max_score")
-        if not isinstance(test_score, (int, float)) or not isinstance(test_max, (int, float)):
-            problems.append("a test has no numeric score")
-            break
-        if not 0 <= test_score <= test_max:
-            problems.append(f"test {str(test.get('name'))[:60]!r} scores {test_score} of {test_max}")
-        points.append(test_score)
-    if abs(sum(points) - score) > 1e-9 or not 0 <= score <= max_score:
-        problems.append(f"score {score} is not the sum of its tests within 0..{max_score}")
+    elif report["max_score"] != master.max_score:
+        problems.append(f"max_score {report['max_score']} differs from the master's {master.max_score:g}")
     return problems
 
 

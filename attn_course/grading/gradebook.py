@@ -46,6 +46,7 @@ __all__ = [
     "report_name",
     "report_problems",
     "safe_stem",
+    "score_problems",
     "write_atomically",
     "write_gradebook",
 ]
@@ -163,11 +164,13 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def report_problems(report, file_name: str) -> list[str]:
-    """Why ``report`` (read from ``file_name``) cannot count as it stands; empty when it can."""
+def score_problems(report) -> list[str]:
+    """Why ``report`` is not a consistent grader report: Gradescope's shape (``score``, ``max_score``, ``tests``,
+    plus ``extra_data``), every test within its points, a score that is the sum of its tests and at most the
+    maximum. Empty when it is consistent (what it claims about its file is checked by the caller)."""
     if not isinstance(report, dict) or not isinstance(report.get("extra_data"), dict):
         return ["not a grader report (no extra_data)"]
-    tests, extra = report.get("tests"), report["extra_data"]
+    tests = report.get("tests")
     if not _number(report.get("score")) or not _number(report.get("max_score")):
         return ["score or max_score is not a number"]
     if not isinstance(tests, list) or not all(
@@ -180,14 +183,24 @@ def report_problems(report, file_name: str) -> list[str]:
     ):
         return ["its tests are not a list of named scores within their maxima"]
     problems = []
-    if not isinstance(extra.get("submission"), str):
-        problems.append("it names no submission")
     if not 0 <= report["score"] <= report["max_score"]:
         problems.append(f"score {report['score']:g} is outside 0..{report['max_score']:g}")
     if abs(sum(test["score"] for test in tests) - report["score"]) > 1e-6:
         problems.append("score is not the sum of its tests")
     if abs(sum(test["max_score"] for test in tests) - report["max_score"]) > 1e-6 and tests:
         problems.append("max_score is not the sum of its tests' maxima")
+    return problems
+
+
+def report_problems(report, file_name: str) -> list[str]:
+    """Why ``report`` (read from ``file_name``) cannot count as it stands: :func:`score_problems`, a submission
+    named, and a file name that carries the SHA-256 inside the report. Empty when it can count."""
+    problems = score_problems(report)
+    if problems:  # inconsistent: what else it claims does not matter
+        return problems
+    extra = report["extra_data"]
+    if not isinstance(extra.get("submission"), str):
+        problems.append("it names no submission")
     sha = extra.get("sha256")
     if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
         if report["score"] > 0:  # an unreadable file has no hash, and scores nothing
