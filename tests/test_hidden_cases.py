@@ -13,7 +13,6 @@ pass every public case fail on it.
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from functools import cache
 
@@ -21,9 +20,9 @@ import numpy as np
 import pytest
 
 from attn_course.grading import assign
-from attn_course.grading.judge import Case, Raised, expected_outputs, judge
-from attn_course.grading.result_files import write_inputs
+from attn_course.grading.judge import Case
 from attn_course.grading.specs import EXERCISES
+from tests.test_secret_cases import assert_reference_runs, verdict_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -49,15 +48,6 @@ def _signature(args) -> tuple:
         elif isinstance(arg, (tuple, list)):
             shapes.append(_signature(arg))
     return tuple(shapes)
-
-
-def _call(function, args):
-    try:
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return function(*args)
-    except Exception as err:  # judged like the grader judges a raised error
-        return Raised.from_exception(err)
 
 
 @cache
@@ -101,16 +91,7 @@ def test_hidden_case_is_new_and_keeps_its_shapes(name, public, case):
 
 @pytest.mark.parametrize(("name", "public", "case"), HIDDEN, ids=IDS)
 def test_reference_runs_on_the_hidden_case_to_finite_outputs(name, public, case, tmp_path):
-    exercise = EXERCISES[name]
-    for seed in SEEDS:
-        args = case.args(seed)
-        write_inputs(tmp_path, exercise.name, {case.name: args})  # only types the grader can hand to the kernel
-        values, _ = expected_outputs(exercise, args)
-        for value in values:
-            if np.issubdtype(value.dtype, np.number):
-                assert np.all(np.isfinite(value)), f"seed {seed}: the reference gives non-finite values"
-        verdict = judge(exercise, case, exercise.reference(*args), args)
-        assert verdict.status == "passed", f"seed {seed}: {verdict.text()}"
+    assert_reference_runs(EXERCISES[name], case, SEEDS, tmp_path)
 
 
 @pytest.mark.parametrize(("name", "public", "case"), HIDDEN, ids=IDS)
@@ -119,7 +100,7 @@ def test_the_master_answer_passes_the_hidden_case(name, public, case):
     answer = master_function(exercise.lesson, exercise.function)
     for seed in SEEDS:
         args = case.args(seed)
-        verdict = judge(exercise, case, _call(answer, args), args)
+        verdict = verdict_of(exercise, case, answer, args)
         assert verdict.status == "passed", f"seed {seed}: {verdict.text()}"
 
 
@@ -177,12 +158,12 @@ def test_a_shortcut_passes_every_public_case_and_fails_a_hidden_one(name):
     for case in exercise.cases:
         for seed in SEEDS:
             args = case.args(seed)
-            verdict = judge(exercise, case, _call(shortcut, args), args)
+            verdict = verdict_of(exercise, case, shortcut, args)
             assert verdict.status == "passed", f"{case.name} (seed {seed}): {verdict.text()}"
     failed = {
         case.name
         for cases in exercise.hidden.values()
         for case in cases
-        if judge(exercise, case, _call(shortcut, case.args(SEEDS[1])), case.args(SEEDS[1])).status != "passed"
+        if verdict_of(exercise, case, shortcut, case.args(SEEDS[1])).status != "passed"
     }
     assert failed == bitten_by

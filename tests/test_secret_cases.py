@@ -9,6 +9,7 @@ constants draws its secret sizes with ``Case.secret``.
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import numpy as np
 import pytest
@@ -27,12 +28,29 @@ CASES = [(name, case) for name, exercise in EXERCISES.items() for case in exerci
 IDS = [f"{name}/{case.name}" for name, case in CASES]
 
 
-def _verdict(exercise, case, compute, args):
+def verdict_of(exercise, case, compute, args):
+    """The grader's verdict on ``compute(*args)``: an error raised is judged as the grader judges one."""
     try:
-        result = compute(*args)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = compute(*args)
     except Exception as err:  # a mistake that does not even run on these inputs
         result = Raised.from_exception(err)
     return judge(exercise, case, result, args)
+
+
+def assert_reference_runs(exercise, case, seeds, folder):
+    """On each seed's arguments the grader can hand them to the kernel, the reference gives finite numbers, and its
+    own result passes the judge."""
+    for seed in seeds:
+        args = case.args(seed=seed)
+        write_inputs(folder, exercise.name, {case.name: args})  # only types the grader can hand to the kernel
+        values, _ = expected_outputs(exercise, args)
+        for value in values:
+            if np.issubdtype(value.dtype, np.number):
+                assert np.all(np.isfinite(value)), f"seed {seed}: the reference gives non-finite values"
+        verdict = judge(exercise, case, exercise.reference(*args), args)
+        assert verdict.status == "passed", f"seed {seed}: {verdict.text()}"
 
 
 def test_no_secret_variant_is_the_public_case():
@@ -75,16 +93,7 @@ def test_secret_is_an_optional_last_field():
 
 @pytest.mark.parametrize(("name", "case"), CASES, ids=IDS)
 def test_secret_variants_run_the_reference_to_finite_outputs(name, case, tmp_path):
-    exercise = EXERCISES[name]
-    for seed in SEEDS:
-        args = case.args(seed=seed)
-        write_inputs(tmp_path, exercise.name, {case.name: args})  # only types the grader can hand to the kernel
-        values, _ = expected_outputs(exercise, args)
-        for value in values:
-            if np.issubdtype(value.dtype, np.number):
-                assert np.all(np.isfinite(value)), f"seed {seed}: the reference gives non-finite values"
-        verdict = judge(exercise, case, exercise.reference(*args), args)
-        assert verdict.status == "passed", f"seed {seed}: {verdict.text()}"
+    assert_reference_runs(EXERCISES[name], case, SEEDS, tmp_path)
 
 
 # Cases whose public input is the one value of its kind (a single token): any other size also shows a mistake that
@@ -97,9 +106,9 @@ def test_each_mistake_fails_and_is_named_on_the_secret_variants_as_on_the_public
     exercise = EXERCISES[name]
     problems = []
     for mistake in exercise.mistakes:
-        public = _verdict(exercise, case, mistake.compute, case.args())
+        public = verdict_of(exercise, case, mistake.compute, case.args())
         for seed in MISTAKE_SEEDS:
-            secret = _verdict(exercise, case, mistake.compute, case.args(seed=seed))
+            secret = verdict_of(exercise, case, mistake.compute, case.args(seed=seed))
             if public.status == "failed" and secret.status != "failed":
                 problems.append(f"{mistake.name!r} passes on seed {seed}")
             elif public.status == "failed" and public.hint == mistake.hint and secret.hint != mistake.hint:
