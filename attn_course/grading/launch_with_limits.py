@@ -98,16 +98,22 @@ def main() -> None:
 
 
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
+MS_RDONLY, MS_NOSUID, MS_NODEV = 0x1, 0x2, 0x4
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x20, 0x1000, 0x4000, 0x40000
 SYSTEM_FOLDERS = ("/", "/bin", "/dev", "/etc", "/lib", "/lib64", "/proc", "/sbin", "/sys", "/tmp", "/usr", "/var")
 
 
-def _libc_call(name: str, *args) -> None:
+def _libc():
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if getattr(libc, name)(*args) != 0:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _libc_call(name: str, *args) -> None:
+    """Call C library function ``name``; a non-zero return raises ``OSError`` with errno and the call's arguments."""
+    import ctypes
+
+    if getattr(_libc(), name)(*args) != 0:
         number = ctypes.get_errno()
         raise OSError(
             number, f"{name}{tuple(a.decode() if isinstance(a, bytes) else a for a in args)}: " + os.strerror(number)
@@ -176,8 +182,7 @@ def hide_paths(hide, keep) -> list[str]:
 def _prctl(option: int, value: int) -> int:
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(option, ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    return _libc().prctl(option, ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
 
 
 def _drop_capabilities() -> None:
