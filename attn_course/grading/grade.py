@@ -42,12 +42,12 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import re
 import secrets
 import signal
-import stat
 import sys
 import tempfile
 import threading
@@ -69,7 +69,7 @@ from .assign import MASTER_NAME, META_KEY, SOLUTIONS_DIR, AssignError, Master, b
 from .gradebook import clean_text, flag_duplicates, report_name, write_atomically, write_gradebook
 from .judge import Verdict, judge
 from .processes import children, harden_grader, kill_leftovers
-from .result_files import RecordError, read_result, set_aside, write_inputs
+from .result_files import RecordError, open_regular, read_result, set_aside, write_inputs
 from .sandbox import CellHooks, Limits, RunLog, isolation_support, run_notebook
 from .specs import get_exercise
 
@@ -128,18 +128,13 @@ def _time_limit(seconds: float, what: str):
 
 def read_submission(path: Path, max_bytes: int, max_cells: int = MAX_CELLS, seconds: float = VALIDATION_SECONDS):
     """The file's bytes and its notebook; :class:`SubmissionError` when it is not a valid notebook."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError as err:
-        raise SubmissionError(f"the file cannot be opened ({err.strerror})") from None
-    with os.fdopen(descriptor, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat_is_regular(info):
-            raise SubmissionError("not a regular file")
-        if info.st_size > max_bytes:
-            raise SubmissionError(
-                f"the file is {info.st_size / 2**20:.1f} MB, more than the {max_bytes / 2**20:g} MB allowed"
-            )
+    try:  # no link, FIFO or device; read without blocking (result_files.open_regular)
+        handle, size = open_regular(Path(path), math.inf, name="the file")
+    except RecordError as err:
+        raise SubmissionError(str(err)) from None
+    with handle:
+        if size > max_bytes:
+            raise SubmissionError(f"the file is {size / 2**20:.1f} MB, more than the {max_bytes / 2**20:g} MB allowed")
         data = handle.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise SubmissionError(f"the file is more than the {max_bytes / 2**20:g} MB allowed")
@@ -169,10 +164,6 @@ def read_submission(path: Path, max_bytes: int, max_cells: int = MAX_CELLS, seco
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise SubmissionError(f"the notebook does not follow the notebook format: {first_line[:300]}") from None
     return data, notebook
-
-
-def stat_is_regular(info) -> bool:
-    return stat.S_ISREG(info.st_mode)
 
 
 @lru_cache(maxsize=32)

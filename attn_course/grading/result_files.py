@@ -151,25 +151,27 @@ def write_result(record_dir, exercise: str, case_name: str, value=None, error: B
     _write_json(folder / f"{case_name}.json", record)
 
 
-def open_regular(path: Path, limit: int):
-    """Open ``path`` for reading if it is a regular file (not a link) of at most ``limit`` bytes.
+def open_regular(path: Path, limit: float, name: str | None = None):
+    """Open ``path`` for reading if it is a regular file (not a link) of at most ``limit`` bytes:
+    ``(binary handle, size)``; else a :class:`RecordError` that calls the file ``name`` (default: its file name).
 
     Opened without following a link and without blocking (a named pipe or a
     device would otherwise hang the grader), then checked with ``fstat``.
     """
+    name = path.name if name is None else name
     try:
         descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
-        raise RecordError(f"{path.name} is missing") from None
+        raise RecordError(f"{name} is missing") from None
     except OSError as err:
-        raise RecordError(f"{path.name} cannot be opened ({err.strerror})") from None
+        raise RecordError(f"{name} cannot be opened ({err.strerror})") from None
     info = os.fstat(descriptor)
     if not stat.S_ISREG(info.st_mode):
         os.close(descriptor)
-        raise RecordError(f"{path.name} is not a regular file")
+        raise RecordError(f"{name} is not a regular file")
     if info.st_size > limit:
         os.close(descriptor)
-        raise RecordError(f"{path.name} is {info.st_size} bytes, more than the {limit} allowed")
+        raise RecordError(f"{name} is {info.st_size} bytes, more than the {limit} allowed")
     return os.fdopen(descriptor, "rb"), info.st_size
 
 
