@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import datetime
 import importlib
-import inspect
 import json
 import math
 import os
@@ -510,22 +509,6 @@ def _flex_sliding_window(N: int, window: int):
     return lambda q, k, v: compiled(q, k, v, block_mask=block_mask)
 
 
-def fused_backward():
-    """``(fused_attention_backward, reason)``: the package's backward kernel if it exists, else None and why not."""
-    from .. import kernels
-    from ..kernels import fused_attention
-
-    backward = getattr(kernels, "fused_attention_backward", None)
-    if backward is None:
-        try:
-            backward = importlib.import_module("attn_course.kernels.fused_backward").fused_attention_backward
-        except (ImportError, AttributeError):
-            return None, "attn_course.kernels has no fused_attention_backward yet"
-    if "return_lse" not in inspect.signature(fused_attention).parameters:
-        return None, "fused_attention has no return_lse= yet (the backward needs the forward's log-sum-exp)"
-    return backward, None
-
-
 class _Runner:
     """Holds the inputs of one size and builds the implementations to time on them."""
 
@@ -601,8 +584,8 @@ class _Runner:
         found.append(self._torch("flex_attention", "float16", flex, flex, error, False, WINDOW))
         return found
 
-    def backward(self, causal: bool, log) -> list[Implementation]:
-        """The backward pass alone (fp16): torch's flash backward, and ours where it exists."""
+    def backward(self, causal: bool) -> list[Implementation]:
+        """The backward pass alone (fp16): torch's flash backward and ours, each timed without its forward."""
         import torch
         import torch.nn.functional as F
         from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -623,20 +606,13 @@ class _Runner:
 
         found = [self._torch("torch_sdpa_flash_backward", "float16", torch_backward, torch_backward, error, causal)]
         found[-1].direction = "backward"
-        ours, reason = fused_backward()
-        if ours is None:
-            log(f"fused_attention_backward: not timed ({reason})")
-            return found
-        from ..kernels import fused_attention
+        from ..autograd import as_cupy
+        from ..kernels import fused_attention, fused_attention_backward
 
         cq, ck, cv = self.cupy_inputs["float16"]
-        cdout = _as_cupy(dout)
         fwd_out, lse = fused_attention(cq, ck, cv, is_causal=causal, return_lse=True)
-        call = partial(ours, cq, ck, cv, fwd_out, lse, cdout, is_causal=causal)
-        kernel = call
-        if "check_finite" in inspect.signature(ours).parameters:
-            kernel = partial(ours, cq, ck, cv, fwd_out, lse, cdout, is_causal=causal, check_finite=False)
-        found.append(self._cupy("fused_attention_backward", "float16", call, kernel, error, causal))
+        call = partial(fused_attention_backward, cq, ck, cv, fwd_out, lse, as_cupy(dout), is_causal=causal)
+        found.append(self._cupy("fused_attention_backward", "float16", call, call, error, causal))
         found[-1].direction = "backward"
         return found
 
@@ -649,12 +625,6 @@ class _Runner:
         return Implementation(
             impl, dtype, call, kernel, self.torch_timer, error, causal, window, "forward", _peak_torch_mib
         )
-
-
-def _as_cupy(x):
-    import cupy
-
-    return cupy.from_dlpack(x.detach())
 
 
 def measure_all(quick: bool = False, log=print, checkpoint=None) -> list[dict]:
@@ -681,7 +651,7 @@ def measure_all(quick: bool = False, log=print, checkpoint=None) -> list[dict]:
             if quick or N in BACKWARD_SIZES:
                 for causal in (False, True):
                     try:
-                        implementations += run.backward(causal, log)
+                        implementations += run.backward(causal)
                     except Exception as err:  # the reference or the forward failed: the rest still runs
                         log(f"backward at N={N} d={d} could not be set up: {type(err).__name__}: {err}")
             for implementation in implementations:
@@ -708,10 +678,10 @@ def _find(records, field="ms", **fields):
     return None, None
 
 
-def _goal(name, value, relation, bound, unit, *, used=(), stretch=False, source="performance.md", note=None):
+def _goal(name, value, relation, bound, unit, *, used=(), stretch=False, source="performance.md"):
     met = None if value is None else (value >= bound if relation == ">=" else value <= bound)
     entry = {"goal": name, "value": value, "relation": relation, "bound": bound, "unit": unit, "met": met}
-    entry.update(stretch=stretch, source=source, records=list(used), note=note)
+    entry.update(stretch=stretch, source=source, records=list(used))
     return entry
 
 
@@ -756,13 +726,8 @@ def _window_goals(records: list[dict], N: int) -> list[dict]:
     ]
 
 
-def goals(records: list[dict], notes: dict | None = None) -> list[dict]:
-    """performance.md's and issue 17's GPU goals, each with its measured value, its records and met (None: missing).
-
-    ``notes``: ``{goal family: text}`` added to goals that could not be measured
-    (e.g. ``{"backward": "no backward kernel yet"}``).
-    """
-    notes = notes or {}
+def goals(records: list[dict]) -> list[dict]:
+    """performance.md's and issue 17's GPU goals, each with its measured value, its records and met (None: missing)."""
     N_dense, N_window = 4096, 16384
     dense = {"d": 64, "causal": False, "window": None}  # fused_attention has windowed records too
     i32, fp32 = _find(records, impl="fused_attention", dtype="float32", N=N_dense, **dense)
@@ -873,7 +838,6 @@ def goals(records: list[dict], notes: dict | None = None) -> list[dict]:
                         {**where, "impl": "fused_attention_backward"},
                         field,
                         0.6,
-                        note=notes.get("backward"),
                     )
                     found.append(entry)
     return found
@@ -885,10 +849,7 @@ def format_goals(goal_list: list[dict]) -> list[str]:
     for g in goal_list:
         value = "not measured" if g["value"] is None else f"{g['value']:.3g} {g['unit']}"
         verdict = "not measured" if g["met"] is None else ("met" if g["met"] else "NOT met")
-        line = f"{g['goal']}: {value} (goal {g['relation']} {g['bound']:.3g}) {verdict}"
-        if g.get("met") is None and g.get("note"):
-            line = line[: -len(verdict)] + f"not measured: {g['note']}"
-        lines.append(line)
+        lines.append(f"{g['goal']}: {value} (goal {g['relation']} {g['bound']:.3g}) {verdict}")
     return lines
 
 
@@ -919,9 +880,6 @@ def format_summary(goal_list: list[dict]) -> list[str]:
                 else:
                     cells.append(f"{g['value']:>11.2f} {'ok' if g['met'] else 'NO':<2}")
             lines.append(f"  {f'd={d} {how}':<20} {' '.join(cells)}")
-        note = next((g["note"] for row in rows.values() for g in row.values() if g.get("note")), None)
-        if note and all(g["value"] is None for row in rows.values() for g in row.values()):
-            lines.append(f"  (not measured: {note})")
     return lines
 
 
@@ -1026,10 +984,8 @@ def run(quick: bool = False, out: Path | str = DEFAULT_OUT, log=print) -> int:
     if not usable:
         log(f"No usable GPU here ({reason}). The stored results of earlier runs are in {DEFAULT_OUT}/*.json.")
         return 2
-    _, missing = fused_backward()
-    notes = {"backward": missing} if missing else None
-    records = measure_all(quick=quick, log=log, checkpoint=lambda found: write_results(found, goals(found, notes), out))
-    goal_list = goals(records, notes)
+    records = measure_all(quick=quick, log=log, checkpoint=lambda found: write_results(found, goals(found), out))
+    goal_list = goals(records)
     log("")
     log(f"GPU goals ({records[0]['device']}):")
     for line in format_goals(goal_list):
