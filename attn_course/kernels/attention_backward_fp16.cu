@@ -104,11 +104,8 @@ __global__ void __launch_bounds__(THREADS) attention_backward_fp16(
     dk += (size_t)bh * S * D;
     dv += (size_t)bh * S * D;
 
-    // The query tiles holding some i with lo <= i - j <= hi for a key j of this block.
-    const long long i_min = max(0LL, (long long)k0 + lo);
-    const long long i_max = min((long long)L - 1, (long long)min(k0 + TILE, S) - 1 + hi);
-    const int first = (int)(i_min / TILE);
-    const int last = i_max < i_min ? first : (int)(i_max / TILE) + 1;
+    int first, last;  // the query tiles that may see a key of this block (key_tiles.cuh)
+    query_tile_range(blockIdx.x, TILE, L, S, lo, hi, first, last);
 
     load_tile_async<D>(Ks, k, k0, S);
     load_tile_async<D>(Vs, v, k0, S);

@@ -1,4 +1,4 @@
-// What both attention kernels share (the launcher puts this file in front of each).
+// What the attention kernels share, forward and backward (the launchers put this file in front of each).
 
 __device__ __forceinline__ float negative_infinity() { return __int_as_float(0xff800000); }
 
@@ -26,4 +26,16 @@ __device__ __forceinline__ void key_tile_range(int q_tile, int query_tile, int t
     const long long j_max = min((long long)S - 1, (long long)q_last - lo);  // largest
     first = (int)(j_min / tile);
     last = j_max < j_min ? first : (int)(j_max / tile) + 1;
+}
+
+// The mirror rule, for the backward's walk over queries: the query tiles [first, last) (tiles of
+// `tile` queries) holding some query i that the offset rule lo <= i - j <= hi allows for some key j of
+// the key tile `k_tile` (keys k_tile*tile ..).
+__device__ __forceinline__ void query_tile_range(int k_tile, int tile, int L, int S, int lo, int hi, int& first,
+                                                 int& last) {
+    const int k0 = k_tile * tile, k_last = min(k0 + tile, S) - 1;
+    const long long i_min = max(0LL, (long long)k0 + lo);                   // smallest query any key may meet
+    const long long i_max = min((long long)L - 1, (long long)k_last + hi);  // largest
+    first = (int)(i_min / tile);
+    last = i_max < i_min ? first : (int)(i_max / tile) + 1;
 }
